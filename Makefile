@@ -1,0 +1,54 @@
+# Portcullis — the two commands are `make demo` and `make test`; both install missing Debian
+# packages first (scripts/install-deps.sh) and need only a Rust toolchain already installed.
+# Everything builds into the one cargo target dir (./target, or $CARGO_TARGET_DIR).
+
+CARGO ?= cargo
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+DEPS := scripts/install-deps.sh
+
+.PHONY: help deps build demo test fmt clippy check bench clean
+
+help:
+	@echo 'make demo    install missing packages, then run the demo (portcullis demo)'
+	@echo 'make test    install missing packages, then fmt check, clippy, all tests, policy check'
+	@echo 'make build   cargo build (debug)'
+	@echo 'make bench   install nginx + wrk, release build, gateway vs backend vs nginx (bench/run.sh)'
+	@echo 'make deps | fmt | clippy | check | clean'
+
+deps:
+	CARGO='$(CARGO)' bash $(DEPS)
+
+build:
+	$(CARGO) build
+
+demo: deps
+	$(CARGO) run -- demo
+
+# Cheapest first: formatting, then lints, then the (long) build and run of every test, then
+# validation of every shipped policy through the CLI.
+test:
+	CARGO='$(CARGO)' bash $(DEPS) --lint
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --no-fail-fast
+	$(CARGO) run -q -- check --config demo/portcullis.toml
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+check:
+	$(CARGO) run -q -- check --config demo/portcullis.toml
+
+bench:
+	CARGO='$(CARGO)' bash $(DEPS) --bench
+	$(CARGO) build --release
+	bash bench/run.sh
+
+clean:
+	$(CARGO) clean

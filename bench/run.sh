@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# One-run throughput/latency comparison, loopback only (run by `make bench`).
+#
+# Method: the built-in echo backend (`portcullis echo-backend`) is measured
+#   (a) directly, plain HTTP/1.1;
+#   (b) through the gateway (`portcullis serve`, threads = WORKERS) over TLS 1.3;
+#   (c) through nginx as a TLS 1.3 reverse proxy (worker_processes = WORKERS, same certificate,
+#       keep-alive to the upstream, config in bench/nginx.conf.in).
+# Load: wrk -t THREADS -c CONNECTIONS -d DURATION --latency, HTTP/1.1 keep-alive, GET /, after
+# an unrecorded warm-up of WARMUP. Every process runs on this machine and shares its cores with
+# wrk, so numbers compare the proxies with each other, not with production hardware.
+#
+# Host names: TLS targets are requested as https://acme.localhost:PORT/ so that SNI and Host
+# are acme.localhost, while bench/loopback.lua makes wrk connect to 127.0.0.1 (wrk resolves
+# with getaddrinfo, which does not map *.localhost; /etc/hosts is never edited). curl checks
+# use --resolve for the same effect.
+#
+# Settings (environment): DURATION=10s WARMUP=2s (0 = none) THREADS=2 CONNECTIONS=64 WORKERS=2
+#   READY_TIMEOUT=30 (seconds) PORTCULLIS_BIN=<path> (default target/release/portcullis)
+#   KEEP_TMP=1 keeps the temp dir (configs, logs, raw wrk output).
+#
+# Adding a scenario is one call in main(): `bench_target LABEL URL [extra wrk args...]`,
+# e.g. `bench_target "portcullis, authenticated" "https://acme.localhost:$GW_PORT/app/" -H "Cookie: ..."`.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/bench"
+target_dir=${CARGO_TARGET_DIR:-target}
+case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
+BIN=${PORTCULLIS_BIN:-$target_dir/release/portcullis}
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+WORKERS=${WORKERS:-2}
+READY_TIMEOUT=${READY_TIMEOUT:-30}
+KEEP_TMP=${KEEP_TMP:-0}
+HOST=acme.localhost
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+# --- processes: everything started goes through start_bg and is stopped on exit -------------
+PIDS=()
+TMP=""
+
+stop_all() {
+    local pid alive i sig tries
+    [ "${#PIDS[@]}" -eq 0 ] && return 0
+    # Background jobs of a script ignore SIGINT unless they install a handler (tokio does, and
+    # for pingora SIGINT is the fast shutdown), so: INT, then TERM, then KILL.
+    for sig in INT TERM KILL; do
+        # Up to 2 s for the fast path (SIGINT), 5 s for SIGTERM.
+        tries=50
+        [ "$sig" = INT ] && tries=20
+        alive=()
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        [ "${#alive[@]}" -eq 0 ] && break
+        kill "-$sig" "${alive[@]}" 2>/dev/null || true
+        for ((i = 0; i < tries; i++)); do
+            alive=()
+            for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+            [ "${#alive[@]}" -eq 0 ] && break
+            sleep 0.1
+        done
+    done
+    wait "${PIDS[@]}" 2>/dev/null || true
+    PIDS=()
+}
+
+cleanup() {
+    stop_all
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+        if [ "$KEEP_TMP" = 1 ]; then
+            echo "bench: kept $TMP" >&2
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_bg NAME CMD... — run CMD in the background, output to $TMP/NAME.log; sets LAST_PID.
+start_bg() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.log" 2>&1 </dev/null &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# wait_ready NAME PID URL — poll URL (curl, TLS names pinned to 127.0.0.1) until it answers 200
+# with the echo backend's JSON; fail with the process log if it dies or READY_TIMEOUT passes.
+wait_ready() {
+    local name=$1 pid=$2 url=$3 deadline code="none"
+    deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$TMP/$name.log" >&2 || true
+            die "$name exited during startup (log above)"
+        fi
+        code=$(curl -s -o "$TMP/ready.body" -w '%{http_code}' --max-time 2 \
+            --cacert "$TMP/certs/ca.crt" --resolve "$HOST:$(url_port "$url"):127.0.0.1" \
+            "$url" 2>/dev/null) || code="no answer"
+        if [ "$code" = 200 ]; then
+            grep -q '"method"' "$TMP/ready.body" && return 0
+            die "$name answered $url but not with the echo backend's JSON: $(head -c 200 "$TMP/ready.body")"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            tail -n 20 "$TMP/$name.log" >&2 || true
+            die "$name not ready at $url after ${READY_TIMEOUT}s (last status: $code; log above)"
+        fi
+        sleep 0.2
+    done
+}
+
+url_port() {
+    local hostport=${1#*://}
+    hostport=${hostport%%/*}
+    echo "${hostport##*:}"
+}
+
+# Distinct free loopback ports, all held open together while chosen.
+free_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()' "$1"
+}
+
+# run_bounded SECONDS CMD... — run CMD with a hard time limit. It runs as a tracked background
+# job and the script `wait`s for it, so a TERM/INT to the script is handled at once (bash defers
+# traps while a foreground child runs) and cleanup stops it.
+run_bounded() {
+    local limit=$1 pid rc=0
+    shift
+    timeout -k 5 "$limit" "$@" &
+    pid=$!
+    PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    local keep=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+    return "$rc"
+}
+
+# wrk durations: plain seconds or with s/m/h.
+seconds_of() {
+    case "$1" in
+        *h) echo $((${1%h} * 3600)) ;;
+        *m) echo $((${1%m} * 60)) ;;
+        *s) echo "${1%s}" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# --- measurement ----------------------------------------------------------------------------
+ROWS=()
+NOTES=()
+
+# bench_target LABEL URL [extra wrk args...] — one warm-up + one recorded wrk run, one table row.
+bench_target() {
+    local label=$1 url=$2
+    shift 2
+    local n=${#ROWS[@]} out limit
+    out="$TMP/wrk-$n.txt"
+    local wrk_cmd=(wrk -t"$THREADS" -c"$CONNECTIONS" --timeout 5s -s "$BENCH_DIR/loopback.lua" "$@")
+    if [ "$WARMUP" != 0 ]; then
+        limit=$(($(seconds_of "$WARMUP") + 30))
+        run_bounded "$limit" "${wrk_cmd[@]}" -d"$WARMUP" "$url" >/dev/null 2>&1 ||
+            die "wrk warm-up against $label ($url) failed"
+    fi
+    echo "bench: $label — wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url" >&2
+    limit=$(($(seconds_of "$DURATION") + 30))
+    run_bounded "$limit" "${wrk_cmd[@]}" -d"$DURATION" --latency "$url" >"$out" 2>&1 || {
+        cat "$out" >&2
+        die "wrk against $label ($url) failed"
+    }
+    local parsed
+    parsed=$(awk '
+        function ms(v,  n) {
+            n = v + 0
+            if (v ~ /us$/) return n / 1000
+            if (v ~ /ms$/) return n
+            if (v ~ /[0-9]m$/) return n * 60000
+            if (v ~ /s$/) return n * 1000
+            return n
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        /^[ \t]+50%/ { p50 = ms($2) }
+        /^[ \t]+99%/ { p99 = ms($2) }
+        /requests in/ { total = $1 }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { sub(/^[ \t]*Socket errors: /, ""); errs = $0 }
+        END {
+            if (rps == "" || p50 == "" || p99 == "") exit 1
+            printf "%d|%.2f ms|%.2f ms|%s|%s|%s\n", rps + 0.5, p50, p99, total, non2xx, errs
+        }' "$out") || {
+        cat "$out" >&2
+        die "could not parse wrk output for $label"
+    }
+    local rps p50 p99 total non2xx errs
+    IFS='|' read -r rps p50 p99 total non2xx errs <<<"$parsed"
+    ROWS+=("| $label | $rps | $p50 | $p99 |")
+    if [ -n "$non2xx" ]; then NOTES+=("$label: $non2xx of $total responses were not 2xx/3xx"); fi
+    if [ -n "$errs" ]; then NOTES+=("$label: socket errors: $errs"); fi
+}
+
+print_report() {
+    local cpu
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+    echo
+    echo "Machine: $(nproc) CPUs${cpu:+ ($cpu)}, $(uname -sr)"
+    echo "Tools: $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk", $2}'), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), portcullis at $BIN"
+    echo "Method: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), GET /, HTTP/1.1 keep-alive;"
+    echo "        TLS 1.3 with the same certificate; $WORKERS gateway threads / $WORKERS nginx workers; loopback only."
+    echo
+    echo "| target | rps | p50 | p99 |"
+    echo "|---|---:|---:|---:|"
+    printf '%s\n' "${ROWS[@]}"
+    if [ "${#NOTES[@]}" -gt 0 ]; then
+        echo
+        printf 'note: %s\n' "${NOTES[@]}"
+    fi
+}
+
+# --- the systems under test -----------------------------------------------------------------
+preflight() {
+    local cmd
+    for cmd in wrk curl python3 timeout; do
+        command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found; run \`make bench\` (it installs the bench tools) or scripts/install-deps.sh --bench"
+    done
+    NGINX=$(command -v nginx 2>/dev/null || true)
+    [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
+    [ -n "$NGINX" ] || die "nginx not found; run \`make bench\` or scripts/install-deps.sh --bench"
+    [ -x "$BIN" ] || die "$BIN not found; build it with \`cargo build --release\` (or \`make bench\`), or set PORTCULLIS_BIN"
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
+    read -r ECHO_PORT GW_PORT ADMIN_PORT NGINX_PORT <<<"$(free_ports 4)"
+}
+
+make_certs() {
+    "$BIN" dev-certs --out "$TMP/certs" >"$TMP/dev-certs.log" 2>&1 || {
+        cat "$TMP/dev-certs.log" >&2
+        die "portcullis dev-certs failed"
+    }
+    [ -f "$TMP/certs/$HOST.crt" ] || die "dev-certs did not write $TMP/certs/$HOST.crt"
+}
+
+start_echo() {
+    start_bg echo "$BIN" echo-backend --listen "127.0.0.1:$ECHO_PORT"
+    wait_ready echo "$LAST_PID" "http://127.0.0.1:$ECHO_PORT/"
+}
+
+# Gateway config and the single policy (formats: README / `portcullis check`).
+write_gateway_config() {
+    local dir="$TMP/gateway"
+    mkdir -p "$dir/policies" "$dir/data"
+    cat >"$dir/portcullis.toml" <<EOF
+[server]
+https_listen = "127.0.0.1:$GW_PORT"
+threads = $WORKERS
+policies_dir = "policies"
+data_dir = "data"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[[tls.certificates]]
+hosts = ["$HOST"]
+cert = "$TMP/certs/$HOST.crt"
+key = "$TMP/certs/$HOST.key"
+EOF
+    cat >"$dir/policies/acme.toml" <<EOF
+id = "acme"
+display_name = "Acme Corp (benchmark)"
+hosts = ["$HOST"]
+
+[[routes]]
+id = "public"
+prefix = "/"
+upstream = "http://127.0.0.1:$ECHO_PORT"
+access = "public"
+EOF
+}
+
+start_gateway() {
+    write_gateway_config
+    "$BIN" check --config "$TMP/gateway/portcullis.toml" >"$TMP/check.log" 2>&1 || {
+        cat "$TMP/check.log" >&2
+        die "portcullis check rejected the generated benchmark config"
+    }
+    # Per-request logging would measure the terminal, not the proxy.
+    start_bg gateway env RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --config "$TMP/gateway/portcullis.toml"
+    wait_ready gateway "$LAST_PID" "https://$HOST:$GW_PORT/"
+}
+
+start_nginx() {
+    local user_line="# not root: workers run as the current user"
+    if [ "$(id -u)" -eq 0 ]; then user_line="user $(id -un) $(id -gn);"; fi
+    mkdir -p "$TMP/nginx-temp"
+    sed -e "s|@USER_LINE@|$user_line|" \
+        -e "s|@WORKERS@|$WORKERS|" \
+        -e "s|@TMP@|$TMP|g" \
+        -e "s|@CERTS@|$TMP/certs|g" \
+        -e "s|@ECHO_PORT@|$ECHO_PORT|g" \
+        -e "s|@PORT@|$NGINX_PORT|g" \
+        "$BENCH_DIR/nginx.conf.in" >"$TMP/nginx.conf"
+    # -e: log startup errors here too, not to /var/log/nginx (nginx >= 1.19.5).
+    local nginx_args=(-p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log")
+    "$NGINX" -t -q "${nginx_args[@]}" >"$TMP/nginx-test.log" 2>&1 || {
+        cat "$TMP/nginx-test.log" >&2
+        die "nginx rejected the generated config $TMP/nginx.conf"
+    }
+    start_bg nginx "$NGINX" "${nginx_args[@]}"
+    wait_ready nginx "$LAST_PID" "https://$HOST:$NGINX_PORT/"
+}
+
+main() {
+    preflight
+    make_certs
+    start_echo
+    start_gateway
+    start_nginx
+
+    bench_target "backend direct (HTTP)" "http://127.0.0.1:$ECHO_PORT/"
+    bench_target "portcullis (TLS 1.3)" "https://$HOST:$GW_PORT/"
+    bench_target "nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/||p') (TLS 1.3)" "https://$HOST:$NGINX_PORT/"
+
+    stop_all
+    print_report
+}
+
+main "$@"

@@ -1,0 +1,184 @@
+//! The command line. `anyhow` lives only here, at the edge; every failure prints one line
+//! (config validation prints one line per problem) and exits non-zero.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::gateway::server;
+use crate::gateway::state::ConfigSource;
+use crate::tls::devcerts;
+
+/// The demo configuration, built in so `portcullis demo` works from a fresh checkout.
+const DEMO_CONFIG: &str = include_str!("../../demo/portcullis.toml");
+/// Where the demo's echo backend listens (the example policies point here).
+const DEMO_ECHO: &str = "127.0.0.1:18080";
+
+/// Portcullis: a multi-tenant authentication gateway.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file.
+        #[arg(long, default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Run on built-in defaults: dev certificates, the example policies, an echo backend.
+    Demo,
+    /// Validate the config and every policy; report all errors with file and line.
+    Check {
+        /// The config file.
+        #[arg(long, default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Write a local CA and leaf certificates for development hosts.
+    DevCerts {
+        /// Output folder.
+        #[arg(long, default_value = "certs-dev")]
+        out: PathBuf,
+        /// Hosts to make certificates for (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = devcerts::DEMO_HOSTS.map(String::from))]
+        hosts: Vec<String>,
+    },
+    /// Run the built-in echo backend, which answers with JSON of what it received.
+    EchoBackend {
+        /// Address to listen on.
+        #[arg(long, default_value = DEMO_ECHO)]
+        listen: SocketAddr,
+    },
+}
+
+/// Parse the command line, run the command, and return the process exit code.
+pub fn run() -> i32 {
+    init_logging();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not failures.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match dispatch(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => server::run(ConfigSource::File(config)).map_err(start_error),
+        Command::Check { config } => check(&config),
+        Command::DevCerts { out, hosts } => {
+            let written = devcerts::write(&out, &hosts)?;
+            println!("wrote {} files to {}", written.len(), out.display());
+            Ok(())
+        }
+        Command::EchoBackend { listen } => {
+            crate::echo::run(listen).with_context(|| format!("echo backend on {listen}"))
+        }
+        Command::Demo => demo(),
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    crate::tls::crypto::install()?;
+    match Config::load(path) {
+        Ok(config) => {
+            let routes: usize = config.tenants.iter().map(|t| t.routes.len()).sum();
+            println!("ok: {} tenants, {routes} routes", config.tenants.len());
+            Ok(())
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            bail!("{} problem(s) in the configuration", errors.0.len())
+        }
+    }
+}
+
+/// Config errors are printed one per line; anything else is one line.
+fn start_error(e: server::StartError) -> anyhow::Error {
+    if let server::StartError::Config(errors) = &e {
+        for line in &errors.0 {
+            eprintln!("{line}");
+        }
+        return anyhow::anyhow!(
+            "{} problem(s) in the configuration; not starting",
+            errors.0.len()
+        );
+    }
+    e.into()
+}
+
+fn demo() -> anyhow::Result<()> {
+    let certs = Path::new("certs-dev");
+    let hosts: Vec<String> = devcerts::DEMO_HOSTS.map(String::from).to_vec();
+    if !hosts
+        .iter()
+        .all(|h| certs.join(format!("{h}.crt")).exists())
+    {
+        devcerts::write(certs, &hosts)?;
+    }
+    let echo: SocketAddr = DEMO_ECHO.parse()?;
+    let echo_listener = std::net::TcpListener::bind(echo)
+        .with_context(|| format!("demo echo backend cannot listen on {echo}"))?;
+    echo_listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("demo-echo".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async move {
+                    if let Ok(listener) = tokio::net::TcpListener::from_std(echo_listener) {
+                        crate::echo::serve(listener).await;
+                    }
+                });
+            }
+        })?;
+    println!(
+        "Portcullis demo
+  https://acme.localhost:8443/        acme, public route (echo backend shows what it received)
+  https://acme.localhost:8443/app     acme, signed-in users only (sign-in arrives in a later release: 401)
+  https://globex.localhost:8443/      globex, public route
+  http://acme.localhost:8080/         redirects to HTTPS (308)
+  http://127.0.0.1:9090/metrics       operator listener: /healthz /readyz /metrics
+  certificates: certs-dev/ca.crt      e.g. curl --cacert certs-dev/ca.crt https://acme.localhost:8443/
+  echo backend: http://{DEMO_ECHO}
+Demo logins: none yet (password sign-in arrives with local accounts)."
+    );
+    server::run(ConfigSource::Embedded {
+        text: DEMO_CONFIG,
+        name: PathBuf::from("demo/portcullis.toml (built in)"),
+        base: PathBuf::from("demo"),
+    })
+    .map_err(start_error)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // A second call (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,439 @@
+//! Configuration: `portcullis.toml` and `policies/<tenant>.toml`.
+//!
+//! The serde structs mirror the files exactly (`deny_unknown_fields`) and are converted into a
+//! separate validated model ([`Config`]). Validation goes on after the first problem, so an
+//! operator sees every error at once, each with its file, line and column. Every key of
+//! `portcullis.toml` is optional with a safe default.
+
+mod error;
+mod policy;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use policy::{Access, Route, Tenant, Upstream};
+
+use error::Reporter;
+
+use crate::store::StoreUrl;
+
+/// The validated configuration: what the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file this was read from.
+    pub path: PathBuf,
+    /// Listeners and process settings.
+    pub server: Server,
+    /// The operator listener.
+    pub admin: Admin,
+    /// Certificates by host.
+    pub certificates: Vec<Certificate>,
+    /// Proxying limits and trust.
+    pub proxy: Proxy,
+    /// Every tenant, from `policies/`.
+    pub tenants: Vec<Tenant>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// The TLS data-plane listener.
+    pub https_listen: SocketAddr,
+    /// The optional plain-HTTP listener that only redirects to HTTPS.
+    pub http_redirect_listen: Option<SocketAddr>,
+    /// The HTTPS port named in redirects (differs from the listener's behind port mapping).
+    pub https_public_port: u16,
+    /// Data-plane worker threads.
+    pub threads: usize,
+    /// Folder of tenant policy files.
+    pub policies_dir: PathBuf,
+    /// Folder for the embedded store.
+    pub data_dir: PathBuf,
+    /// Store location, e.g. `sqlite:/var/lib/portcullis/portcullis.db`.
+    pub store: StoreUrl,
+    /// `Strict-Transport-Security` max-age in seconds.
+    pub hsts_max_age: u64,
+    /// How often files are checked for changes; zero turns watching off (SIGHUP still works).
+    pub reload_poll: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Where the operator listener binds. Loopback by default: it is not for the internet.
+    pub listen: SocketAddr,
+}
+
+/// One `[[tls.certificates]]` entry, loaded.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    /// Hosts (SNI names) this certificate serves.
+    pub hosts: Vec<String>,
+    /// The PEM chain file.
+    pub cert_path: PathBuf,
+    /// The PEM private-key file.
+    pub key_path: PathBuf,
+    /// The loaded chain and key, checked to match.
+    pub key: Arc<rustls::sign::CertifiedKey>,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Upstream TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream read timeout (504 when it passes).
+    pub read_timeout: Duration,
+    /// Upstream write timeout.
+    pub write_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle_timeout: Duration,
+    /// Largest request body let through (413 above).
+    pub max_body_bytes: u64,
+    /// Largest request header block let through (431 above).
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    admin: RawAdmin,
+    tls: RawTls,
+    proxy: RawProxy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    https_listen: Option<Spanned<String>>,
+    http_redirect_listen: Option<Spanned<String>>,
+    https_public_port: Option<Spanned<u16>>,
+    threads: Option<Spanned<usize>>,
+    policies_dir: Option<String>,
+    data_dir: Option<String>,
+    store: Option<Spanned<String>>,
+    hsts_max_age: Option<u64>,
+    reload_poll_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    certificates: Vec<Spanned<RawCertificate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    hosts: Vec<Spanned<String>>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProxy {
+    trusted_proxies: Vec<Spanned<String>>,
+    connect_timeout_ms: Option<Spanned<u64>>,
+    read_timeout_ms: Option<Spanned<u64>>,
+    write_timeout_ms: Option<Spanned<u64>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    max_body_bytes: Option<u64>,
+    max_header_bytes: Option<Spanned<usize>>,
+}
+
+/// One year, the value HSTS preload lists ask for.
+const DEFAULT_HSTS_MAX_AGE: u64 = 31_536_000;
+/// pingora's own parser refuses header blocks above this, so a larger cap would be a lie.
+const MAX_HEADER_BYTES_LIMIT: usize = 65_536;
+
+impl Config {
+    /// Read and validate the config file and every policy it points at. Relative paths in
+    /// the file are relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        match std::fs::read_to_string(path) {
+            Ok(src) => Self::parse(&src, path, path.parent().unwrap_or(Path::new("."))),
+            Err(e) => Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                at: None,
+                message: format!("cannot read config file: {e}"),
+            }])),
+        }
+    }
+
+    /// Validate config text that names itself `path` in errors, with relative paths taken
+    /// from `base` (used for the embedded demo config).
+    pub fn parse(src: &str, path: &Path, base: &Path) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let base = base.to_path_buf();
+        let mut rep = Reporter::new(path, src, &mut errors);
+        let raw: RawConfig = match toml::from_str(src) {
+            Ok(raw) => raw,
+            Err(e) => {
+                rep.toml(&e);
+                return Err(ConfigErrors(errors));
+            }
+        };
+        let server = server(raw.server, &base, &mut rep);
+        let admin = Admin {
+            listen: socket_addr(raw.admin.listen.as_ref(), "127.0.0.1:9090", &mut rep),
+        };
+        let proxy = proxy(raw.proxy, &mut rep);
+        let certificates = certificates(raw.tls.certificates, &base, &mut rep);
+
+        let tenants = policy::load_dir(&server.policies_dir, &mut errors);
+        check_hosts_have_certificates(path, &tenants, &certificates, &mut errors);
+
+        if errors.is_empty() {
+            Ok(Config {
+                path: path.to_path_buf(),
+                server,
+                admin,
+                certificates,
+                proxy,
+                tenants,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Every file whose content this configuration depends on, for change detection.
+    pub fn source_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.tenants.iter().map(|t| t.source.clone()));
+        for c in &self.certificates {
+            files.push(c.cert_path.clone());
+            files.push(c.key_path.clone());
+        }
+        files
+    }
+}
+
+fn server(raw: RawServer, base: &Path, rep: &mut Reporter<'_>) -> Server {
+    let https_listen = socket_addr(raw.https_listen.as_ref(), "0.0.0.0:8443", rep);
+    let http_redirect_listen = raw
+        .http_redirect_listen
+        .as_ref()
+        .map(|s| socket_addr(Some(s), "0.0.0.0:8080", rep));
+    let https_public_port = match raw.https_public_port {
+        Some(p) if *p.get_ref() == 0 => {
+            rep.at(p.span(), "https_public_port must be between 1 and 65535");
+            https_listen.port()
+        }
+        Some(p) => p.into_inner(),
+        None => https_listen.port(),
+    };
+    let threads = match raw.threads {
+        Some(t) if !(1..=256).contains(t.get_ref()) => {
+            rep.at(t.span(), "threads must be between 1 and 256");
+            1
+        }
+        Some(t) => t.into_inner(),
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let policies_dir = join(base, raw.policies_dir.as_deref().unwrap_or("policies"));
+    let data_dir = join(base, raw.data_dir.as_deref().unwrap_or("data"));
+    let default_store = StoreUrl::Sqlite(data_dir.join("portcullis.db"));
+    let store = match raw.store {
+        Some(s) => match StoreUrl::parse(s.get_ref()) {
+            Ok(url) => url.resolved_against(base),
+            Err(e) => {
+                rep.at(s.span(), e.to_string());
+                default_store
+            }
+        },
+        None => default_store,
+    };
+    Server {
+        https_listen,
+        http_redirect_listen,
+        https_public_port,
+        threads,
+        policies_dir,
+        data_dir,
+        store,
+        hsts_max_age: raw.hsts_max_age.unwrap_or(DEFAULT_HSTS_MAX_AGE),
+        reload_poll: Duration::from_millis(raw.reload_poll_ms.unwrap_or(1000)),
+    }
+}
+
+fn socket_addr(raw: Option<&Spanned<String>>, default: &str, rep: &mut Reporter<'_>) -> SocketAddr {
+    let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
+    match raw {
+        Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
+            rep.at(
+                s.span(),
+                format!(
+                    "`{}` is not an IP:port address (e.g. 0.0.0.0:8443)",
+                    s.get_ref()
+                ),
+            );
+            fallback
+        }),
+        None => default.parse().unwrap_or(fallback),
+    }
+}
+
+fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
+    let mut trusted_proxies = Vec::new();
+    for cidr in &raw.trusted_proxies {
+        let text = cidr.get_ref();
+        // A bare address means that one host.
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => rep.at(
+                cidr.span(),
+                format!("`{text}` is not a CIDR (e.g. 10.0.0.0/8)"),
+            ),
+        }
+    }
+    let mut millis = |v: &Option<Spanned<u64>>, default: u64, name: &str| match v {
+        Some(ms) if *ms.get_ref() == 0 => {
+            rep.at(ms.span(), format!("{name} must be greater than 0"));
+            Duration::from_millis(default)
+        }
+        Some(ms) => Duration::from_millis(*ms.get_ref()),
+        None => Duration::from_millis(default),
+    };
+    let connect_timeout = millis(&raw.connect_timeout_ms, 3_000, "connect_timeout_ms");
+    let read_timeout = millis(&raw.read_timeout_ms, 30_000, "read_timeout_ms");
+    let write_timeout = millis(&raw.write_timeout_ms, 30_000, "write_timeout_ms");
+    let idle_timeout = millis(&raw.idle_timeout_ms, 60_000, "idle_timeout_ms");
+    let max_header_bytes = match raw.max_header_bytes {
+        Some(n) if !(1024..=MAX_HEADER_BYTES_LIMIT).contains(n.get_ref()) => {
+            rep.at(
+                n.span(),
+                format!("max_header_bytes must be between 1024 and {MAX_HEADER_BYTES_LIMIT}"),
+            );
+            16_384
+        }
+        Some(n) => n.into_inner(),
+        None => 16_384,
+    };
+    Proxy {
+        trusted_proxies,
+        connect_timeout,
+        read_timeout,
+        write_timeout,
+        idle_timeout,
+        max_body_bytes: raw.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+        max_header_bytes,
+    }
+}
+
+fn certificates(
+    raw: Vec<Spanned<RawCertificate>>,
+    base: &Path,
+    rep: &mut Reporter<'_>,
+) -> Vec<Certificate> {
+    let mut out: Vec<Certificate> = Vec::new();
+    for entry in raw {
+        let span = entry.span();
+        let entry = entry.into_inner();
+        let mut hosts = Vec::new();
+        for h in &entry.hosts {
+            match policy::validate_host(h.get_ref()) {
+                Ok(()) if out.iter().any(|c| c.hosts.contains(h.get_ref())) => rep.at(
+                    h.span(),
+                    format!("host `{}` already has a certificate", h.get_ref()),
+                ),
+                Ok(()) => hosts.push(h.get_ref().clone()),
+                Err(msg) => rep.at(h.span(), msg),
+            }
+        }
+        if entry.hosts.is_empty() {
+            rep.at(span.clone(), "a certificate needs at least one host");
+        }
+        let cert_path = join(base, entry.cert.get_ref());
+        let key_path = join(base, entry.key.get_ref());
+        match crate::tls::load_certified_key(&cert_path, &key_path) {
+            Ok(key) => out.push(Certificate {
+                hosts,
+                cert_path,
+                key_path,
+                key,
+            }),
+            Err(e) => rep.at(entry.cert.span(), e.to_string()),
+        }
+    }
+    out
+}
+
+fn check_hosts_have_certificates(
+    path: &Path,
+    tenants: &[Tenant],
+    certificates: &[Certificate],
+    errors: &mut Vec<ConfigError>,
+) {
+    for tenant in tenants {
+        for host in &tenant.hosts {
+            if !certificates.iter().any(|c| c.hosts.contains(host)) {
+                errors.push(ConfigError {
+                    file: path.to_path_buf(),
+                    at: None,
+                    message: format!(
+                        "tenant `{}` serves host `{host}` but no [[tls.certificates]] entry lists it",
+                        tenant.id
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// `base` joined with `rel`, with `.` and `..` resolved by name rather than by the file
+/// system, so `../policies` works even when `base` does not exist (the embedded demo config).
+fn join(base: &Path, rel: &str) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in base.join(rel).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_by_name() {
+        assert_eq!(
+            join(Path::new("demo"), "../policies"),
+            PathBuf::from("policies")
+        );
+        assert_eq!(
+            join(Path::new("/etc/p"), "./certs/a.crt"),
+            PathBuf::from("/etc/p/certs/a.crt")
+        );
+        assert_eq!(join(Path::new("/etc"), "/abs"), PathBuf::from("/abs"));
+    }
+}

@@ -1,0 +1,321 @@
+//! The data plane: the one place that touches pingora's `Session`.
+//!
+//! Each `ProxyHttp` phase below only gathers facts from the session and hands them to a module
+//! that returns a typed outcome; the modules know nothing of pingora.
+
+pub mod admit;
+pub mod redirect;
+pub mod reload;
+pub mod respond;
+pub mod server;
+pub mod state;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::audit::{AuditEvent, EventKind, Outcome, OPERATOR_TENANT};
+use crate::error::RequestError;
+use crate::tls::HandshakeInfo;
+use crate::upstream::headers::{self, Forwarding};
+use admit::{Admitted, Reached, RequestFacts};
+use state::{Runtime, Shared};
+
+/// The gateway's `ProxyHttp` implementation.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// A gateway over shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Per-request state carried between phases.
+#[derive(Default)]
+pub struct Ctx {
+    /// The configuration this request is served under, fixed at its start (a reload never
+    /// changes a request midway).
+    runtime: Option<Arc<Runtime>>,
+    /// Set once the request is admitted.
+    admitted: Option<Admitted>,
+    /// How far a refused request got.
+    reached: Reached,
+    /// The client under the trusted-proxy rules.
+    client: Option<IpAddr>,
+    /// Body bytes seen so far, against the cap.
+    body_bytes: u64,
+    /// When the request was sent upstream.
+    upstream_sent: Option<Instant>,
+    /// A refusal to record once the request is done.
+    refused: Option<RequestError>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    /// Runs once the request header is read, before anything goes upstream.
+    /// `Ok(true)`: we answered and the request ends here; `Ok(false)`: proxy it.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let rt = self.shared.runtime.load_full();
+        ctx.runtime = Some(Arc::clone(&rt));
+        let peer = peer_ip(session);
+        let req = session.req_header();
+        ctx.client = peer.map(|p| admit::client_ip(&rt, p, &req.headers));
+        let sni = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<HandshakeInfo>())
+            .and_then(|h| h.sni.clone());
+        let authority = req.uri.authority().map(|a| a.as_str().to_string());
+        let facts = RequestFacts {
+            sni: sni.as_deref(),
+            version: req.version,
+            headers: &req.headers,
+            raw_target: req.raw_path(),
+            authority: authority.as_deref(),
+            header_bytes: admit::header_bytes(req.method.as_str(), req.raw_path(), &req.headers),
+        };
+        match admit::admit(&rt, &facts, &mut ctx.reached) {
+            Ok(admitted) => {
+                ctx.admitted = Some(admitted);
+                Ok(false)
+            }
+            Err(err) => {
+                respond::error(session, &err, &rt.hsts).await?;
+                ctx.refused = Some(err);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Counts body bytes as they stream, so a chunked body is cut at the cap too.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let cap = ctx
+            .runtime
+            .as_ref()
+            .map_or(0, |rt| rt.config.proxy.max_body_bytes);
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > cap {
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the cap");
+        }
+        Ok(())
+    }
+
+    /// Where the admitted request goes: its route's upstream, with the configured timeouts.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
+            return Error::e_explain(ErrorType::InternalError, "no admitted request");
+        };
+        let upstream = &admitted.route().upstream;
+        let mut peer = HttpPeer::new(upstream.addr, upstream.tls, upstream.host.clone());
+        let proxy = &rt.config.proxy;
+        peer.options.connection_timeout = Some(proxy.connect_timeout);
+        peer.options.total_connection_timeout = Some(proxy.connect_timeout);
+        peer.options.read_timeout = Some(proxy.read_timeout);
+        peer.options.write_timeout = Some(proxy.write_timeout);
+        peer.options.idle_timeout = Some(proxy.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    /// Rewrite the request for the upstream: the normalized target, clean headers, identity.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
+            return Error::e_explain(ErrorType::InternalError, "no admitted request");
+        };
+        let uri: http::Uri = admitted.target.path_and_query().parse().map_err(|_| {
+            Error::explain(ErrorType::InternalError, "normalized target is not a URI")
+        })?;
+        upstream_request.set_uri(uri);
+        let Some(peer) = peer_ip(session) else {
+            return Error::e_explain(ErrorType::InternalError, "no client address");
+        };
+        headers::prepare(
+            upstream_request,
+            &Forwarding {
+                peer,
+                host: &admitted.host,
+                tenant: &admitted.tenant.id,
+                trusted: &rt.trusted,
+                is_upgrade: session.is_upgrade_req(),
+            },
+        )
+        .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+        // HTTP/2 clients send `:authority`, not Host; an HTTP/1 upstream needs Host.
+        upstream_request.insert_header(http::header::HOST, admitted.host.as_str())?;
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Runs on the upstream's response header: record how long the upstream took.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if let (Some(sent), Some(admitted)) = (ctx.upstream_sent, &ctx.admitted) {
+            self.shared.metrics.upstream_latency(
+                &admitted.tenant.id,
+                &admitted.route().id,
+                sent.elapsed().as_secs_f64(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs before the response header goes to the client: HSTS on every response.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if let Some(rt) = &ctx.runtime {
+            upstream_response
+                .insert_header(http::header::STRICT_TRANSPORT_SECURITY, rt.hsts.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Runs when proxying failed after admission: map the failure to our own page.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(413), _) => Some(RequestError::BodyTooLarge),
+            (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => {
+                Some(RequestError::UpstreamTimeout)
+            }
+            (_, ErrorSource::Upstream) => Some(RequestError::UpstreamUnavailable),
+            (ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed, _) => None,
+            (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Downstream) => None,
+            (_, ErrorSource::Downstream) => Some(RequestError::Malformed),
+            _ => Some(RequestError::Internal),
+        };
+        let Some(err) = err else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let hsts = ctx.runtime.as_ref().map_or_else(
+            || self.shared.runtime.load().hsts.clone(),
+            |rt| rt.hsts.clone(),
+        );
+        // If the response has already started, the client sees a cut-off response instead.
+        if session.response_written().is_none() {
+            if let Err(write_err) = respond::error(session, &err, &hsts).await {
+                tracing::debug!("could not send error page: {write_err}");
+            }
+        }
+        let status = err.status();
+        ctx.refused = Some(err);
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Runs last for every request: metrics and the audit trail.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let (tenant, route) = match &ctx.admitted {
+            Some(a) => (a.tenant.id.as_str(), a.route().id.as_str()),
+            None => (
+                ctx.reached.tenant.as_ref().map_or("-", |t| t.id.as_str()),
+                ctx.reached.route.as_deref().unwrap_or("-"),
+            ),
+        };
+        self.shared.metrics.request(tenant, route, status);
+        if let Some(err) = &ctx.refused {
+            if let Some(kind) = audit_kind(err) {
+                let user_agent = session
+                    .req_header()
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                self.shared.audit.record(AuditEvent {
+                    time: self.shared.clock.now_utc(),
+                    tenant: ctx
+                        .reached
+                        .tenant
+                        .as_ref()
+                        .map_or(OPERATOR_TENANT.to_string(), |t| t.id.clone()),
+                    event: kind,
+                    actor: None,
+                    subject: ctx.reached.route.clone(),
+                    client_ip: ctx.client,
+                    user_agent,
+                    request_id: None,
+                    outcome: Outcome::Denied,
+                    reason: Some(err.code().to_string()),
+                });
+            }
+        }
+    }
+
+    /// What pingora's own error logs say about a request: never the query string, which
+    /// may carry tokens.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        match &ctx.admitted {
+            Some(a) => format!("{} {} {}", req.method, a.host, a.target.path),
+            None => format!("{} (not admitted)", req.method),
+        }
+    }
+}
+
+/// Which audit event a refusal is. Upstream failures are operations, not security events.
+fn audit_kind(err: &RequestError) -> Option<EventKind> {
+    match err {
+        RequestError::Unauthenticated | RequestError::Forbidden => Some(EventKind::RequestDenied),
+        RequestError::Target(_)
+        | RequestError::Framing(_)
+        | RequestError::BadHost
+        | RequestError::Malformed
+        | RequestError::Misdirected
+        | RequestError::HeadersTooLarge
+        | RequestError::BodyTooLarge => Some(EventKind::BadRequestRejected),
+        RequestError::UnknownHost
+        | RequestError::NoRoute
+        | RequestError::UpstreamUnavailable
+        | RequestError::UpstreamTimeout
+        | RequestError::Internal => None,
+    }
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}

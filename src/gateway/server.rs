@@ -1,0 +1,139 @@
+//! Process start-up: validate everything, put the TLS allowlist in force, then hand the
+//! listeners to pingora.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminService;
+use crate::audit::{AuditSink, DEFAULT_QUEUE_CAPACITY};
+use crate::clock::SystemClock;
+use crate::config::ConfigErrors;
+use crate::gateway::redirect::RedirectApp;
+use crate::gateway::reload::Reloader;
+use crate::gateway::state::{ConfigSource, Runtime, Shared};
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::store;
+use crate::tls::{crypto, HandshakeObserver, SniResolver};
+
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid; every problem is listed.
+    #[error("invalid configuration:\n{0}")]
+    Config(ConfigErrors),
+    /// The TLS allowlist could not be put in force.
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    /// A listener address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open store: {0}")]
+    Store(#[from] store::StoreError),
+    /// The audit writer could not be started.
+    #[error("cannot start audit writer: {0}")]
+    Audit(std::io::Error),
+    /// Metrics could not be registered.
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// TLS listener settings were refused.
+    #[error("cannot set up TLS listener: {0}")]
+    Tls(String),
+}
+
+/// Validate the configuration and run the gateway until the process is told to stop.
+pub fn run(source: ConfigSource) -> Result<(), StartError> {
+    // The allowlist goes in before anything can build a TLS config from the default.
+    crypto::install()?;
+    let config = source.load().map_err(StartError::Config)?;
+
+    // Bind-check every listener now so a taken port is one clear line, not a pingora panic.
+    let admin_listener = bind(config.admin.listen)?;
+    drop(bind(config.server.https_listen)?);
+    if let Some(addr) = config.server.http_redirect_listen {
+        drop(bind(addr)?);
+    }
+
+    let store = store::open(&config.server.store)?;
+    let audit = AuditSink::start(store, DEFAULT_QUEUE_CAPACITY).map_err(StartError::Audit)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let resolver = Arc::new(SniResolver::default());
+    resolver.replace(&config.certificates);
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(Runtime::new(config.clone())),
+        source,
+        resolver: Arc::clone(&resolver),
+        metrics: Arc::clone(&metrics),
+        audit,
+        clock: Arc::new(SystemClock),
+    });
+
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        // Stop quickly on SIGTERM/SIGINT; in-flight requests get a short grace.
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let data = config.server.data_dir.display().to_string();
+    conf.pid_file = format!("{data}/portcullis.pid");
+    conf.upgrade_sock = format!("{data}/portcullis-upgrade.sock");
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+
+    let mut proxy = http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(Arc::clone(&shared)),
+        "portcullis data plane",
+    );
+    let mut tls =
+        TlsSettings::with_callbacks(Box::new(HandshakeObserver::new(Arc::clone(&metrics))))
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    tls.set_cert_resolver(resolver);
+    tls.enable_h2();
+    proxy.add_tls_with_settings(&config.server.https_listen.to_string(), None, tls);
+    server.add_service(proxy);
+
+    if let Some(addr) = config.server.http_redirect_listen {
+        let mut redirect = Service::new(
+            "portcullis http redirect".into(),
+            RedirectApp::new(Arc::clone(&shared)),
+        );
+        redirect.add_tcp(&addr.to_string());
+        server.add_service(redirect);
+    }
+    server.add_service(background_service(
+        "portcullis operator listener",
+        AdminService::new(Arc::clone(&shared), admin_listener),
+    ));
+    server.add_service(background_service(
+        "portcullis config reloader",
+        Reloader::new(shared),
+    ));
+
+    tracing::info!(
+        https = %config.server.https_listen,
+        admin = %config.admin.listen,
+        tenants = config.tenants.len(),
+        "portcullis starting"
+    );
+    server.run_forever()
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })
+}

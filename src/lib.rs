@@ -1,0 +1,44 @@
+//! Portcullis: a multi-tenant authentication gateway.
+//!
+//! One request passes through these stages, each a module, in this order:
+//!
+//! ```text
+//!  client ──TLS──▶ tls ──▶ tenant ──▶ request ──▶ policy ──▶ upstream ──▶ backend app
+//!                  │        │          │           │           │
+//!                  │        │          │           │           └ header hygiene, identity, peer
+//!                  │        │          │           └ longest-prefix route, access decision
+//!                  │        │          └ one normalized path, framing (smuggling) checks
+//!                  │        └ Host → tenant, SNI/Host agreement
+//!                  └ allowlisted suites only, certificate by SNI
+//!                                                   audit ◀── every security event
+//! ```
+//!
+//! - [`tls`]: the cipher-suite allowlist (`tls/crypto.rs`), SNI certificate resolution.
+//! - [`tenant`]: resolving the tenant from the Host and checking it agrees with SNI.
+//! - [`request`]: request-target normalization and message-framing checks.
+//! - [`policy`]: route matching and the access decision.
+//! - [`upstream`]: what the backend receives (hop-by-hop removal, spoof stripping, forwarding).
+//! - [`audit`]: structured per-tenant security events.
+//!
+//! Beside the flow: [`config`] (file schema → validated model), [`store`] (storage traits and
+//! the embedded SQLite store), [`admin`] (operator listener on hyper), [`gateway`] (the one place
+//! that touches pingora's `Session`), [`cli`], [`clock`], [`error`], and the demo [`echo`]
+//! backend.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod policy;
+pub mod request;
+pub mod tenant;
+pub mod tls;
+pub mod upstream;
+
+pub mod admin;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod store;
