@@ -16,23 +16,33 @@
 //! - [`tls`]: the cipher-suite allowlist (`tls/crypto.rs`), SNI certificate resolution.
 //! - [`tenant`]: resolving the tenant from the Host and checking it agrees with SNI.
 //! - [`request`]: request-target normalization and message-framing checks.
+//! - [`auth`]: login state machine, sessions and cookies, passwords, the upstream JWT.
 //! - [`policy`]: route matching and the access decision.
 //! - [`upstream`]: what the backend receives (hop-by-hop removal, spoof stripping, forwarding).
 //! - [`audit`]: structured per-tenant security events.
 //!
 //! Beside the flow: [`config`] (file schema → validated model), [`store`] (storage traits and
-//! the embedded SQLite store), [`admin`] (operator listener on hyper), [`gateway`] (the one place
-//! that touches pingora's `Session`), [`cli`], [`clock`], [`error`], and the demo [`echo`]
-//! backend.
+//! the embedded SQLite store), [`keys`] (encryption at rest), [`admin`] (operator listener on
+//! hyper), [`gateway`] (the one place that touches pingora's `Session`), [`cli`], [`clock`],
+//! [`error`], [`metrics`], and the demo [`echo`] backend.
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod policy;
-pub mod request;
-pub mod tenant;
+// The request flow, in order (blank lines keep rustfmt from sorting it).
 pub mod tls;
+
+pub mod tenant;
+
+pub mod request;
+
+pub mod auth;
+
+pub mod policy;
+
 pub mod upstream;
 
+pub mod audit;
+
+// Beside the flow.
 pub mod admin;
 pub mod cli;
 pub mod clock;
@@ -40,5 +50,6 @@ pub mod config;
 pub mod echo;
 pub mod error;
 pub mod gateway;
+pub mod keys;
 pub mod metrics;
 pub mod store;

@@ -179,7 +179,8 @@ impl AuditEvent {
     }
 
     /// The event exactly as stores keep it: every text field escaped and truncated by
-    /// [`sanitize_text`], time cut to whole milliseconds in UTC.
+    /// [`sanitize_text`], time cut to whole milliseconds in UTC. Apply it once, to the event
+    /// as received: escaping is not idempotent (`\\` doubles again).
     pub fn sanitized(&self) -> AuditEvent {
         let clean = |field: &Option<String>| field.as_deref().map(sanitize_text);
         AuditEvent {
@@ -360,11 +361,6 @@ mod tests {
         assert_eq!(clean.reason.as_deref(), Some("why\\x0d"));
         assert_eq!(clean.time, at(1_700_000_000, 123_000_000));
         assert_eq!(clean.time.offset(), time::UtcOffset::UTC);
-        assert_eq!(
-            clean.sanitized(),
-            clean,
-            "sanitizing twice changes nothing more"
-        );
     }
 
     #[test]

@@ -42,11 +42,11 @@ enum Command {
 /// in the middle of serving).
 #[derive(Clone)]
 pub struct AuditSink {
-    // Declared before `writer`: fields drop in order, so the last handle closes the queue
+    // Declared before `_writer`: fields drop in order, so the last handle closes the queue
     // before joining the writer thread (which exits once the queue is closed and drained).
     tx: SyncSender<Command>,
     stats: Arc<Stats>,
-    writer: Arc<WriterThread>,
+    _writer: Arc<WriterThread>,
 }
 
 struct Stats {
@@ -73,7 +73,7 @@ impl AuditSink {
         Ok(AuditSink {
             tx,
             stats,
-            writer: Arc::new(WriterThread(Some(handle))),
+            _writer: Arc::new(WriterThread(Some(handle))),
         })
     }
 

@@ -186,7 +186,7 @@ fn parse(
         }
     }
     // Longest prefix first, so the first match is the most specific.
-    routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
     ok.then(|| Tenant {
         display_name: raw.display_name.unwrap_or_else(|| stem.clone()),

@@ -48,7 +48,7 @@ mod tests {
                 access: Access::Public,
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Tenant {
             id: "t".into(),
             display_name: "T".into(),

@@ -5,8 +5,10 @@
 //! a lock): call them from a dedicated thread or `tokio::task::spawn_blocking`, never directly
 //! on an async worker. The audit sink ([`crate::audit::AuditSink`]) already does that.
 
+pub mod accounts;
 pub mod sqlite;
 
+pub use accounts::{AccountStore, Session, Stage, User};
 pub use sqlite::SqliteStore;
 
 use std::fmt;
@@ -122,6 +124,9 @@ pub enum StoreError {
         /// Newest version this build knows.
         supported: i64,
     },
+    /// The record already exists (a username taken in the tenant, say).
+    #[error("already exists: {0}")]
+    Conflict(String),
     /// Stored data that cannot be read back (edited outside Portcullis, or a bug).
     #[error("corrupt store data: {0}")]
     Corrupt(String),
@@ -190,8 +195,13 @@ pub trait AuditStore: Send + Sync {
     fn verify_chain(&self, tenant: &str) -> Result<ChainReport, StoreError>;
 }
 
+/// Everything the gateway keeps: audit trail, accounts and sessions.
+pub trait Store: AuditStore + AccountStore {}
+
+impl<T: AuditStore + AccountStore> Store for T {}
+
 /// Opens the store `url` points at.
-pub fn open(url: &StoreUrl) -> Result<Arc<dyn AuditStore>, StoreError> {
+pub fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path)?)),
     }

@@ -18,9 +18,13 @@ use std::time::Duration;
 use rusqlite::{named_params, params, Connection, OptionalExtension, Row, TransactionBehavior};
 use time::OffsetDateTime;
 
+mod accounts;
+
 use super::{AuditQuery, AuditStore, StoreError, MAX_QUERY_LIMIT};
 use crate::audit::chain::{self, ChainHash, ChainReport, ChainVerifier, GENESIS};
-use crate::audit::{from_unix_ms, unix_ms, AuditEvent, AuditRecord, EventKind, Outcome};
+use crate::audit::{
+    from_unix_ms, sanitize_text, unix_ms, AuditEvent, AuditRecord, EventKind, Outcome,
+};
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +56,33 @@ const MIGRATIONS: &[&str] = &[
         anchor_seq  INTEGER NOT NULL,
         anchor_hash BLOB    NOT NULL
     ) WITHOUT ROWID;",
+    // v2: local accounts and sessions (the token itself is never stored, only its SHA-256).
+    "CREATE TABLE user (
+        tenant              TEXT    NOT NULL,
+        username            TEXT    NOT NULL,
+        password_hash       TEXT,
+        roles               TEXT    NOT NULL,
+        disabled            INTEGER NOT NULL,
+        created_at          INTEGER NOT NULL,
+        password_changed_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, username)
+    ) WITHOUT ROWID;
+    CREATE TABLE session (
+        token_hash   BLOB    PRIMARY KEY,
+        id           TEXT    NOT NULL UNIQUE,
+        tenant       TEXT    NOT NULL,
+        username     TEXT    NOT NULL,
+        stage        TEXT    NOT NULL,
+        amr          TEXT    NOT NULL,
+        csrf         TEXT    NOT NULL,
+        return_to    TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL,
+        last_seen    INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        idle_timeout INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX session_user ON session (tenant, username);
+    CREATE INDEX session_expiry ON session (expires_at);",
 ];
 
 const RECORD_COLUMNS: &str = "seq, hash, time_ms, tenant, event, actor, subject, client_ip, \
@@ -225,6 +256,8 @@ impl AuditStore for SqliteStore {
     fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let limit = q.limit.clamp(1, MAX_QUERY_LIMIT);
         let before = q.before_seq.map(to_i64).transpose()?;
+        // Stored names went through `sanitize_text`; compare like with like.
+        let user = q.user.as_deref().map(sanitize_text);
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(&format!(
@@ -245,7 +278,7 @@ impl AuditStore for SqliteStore {
                 ":since": q.since.map(unix_ms),
                 ":until": q.until.map(unix_ms),
                 ":event": q.event.map(EventKind::as_str),
-                ":user": q.user,
+                ":user": user,
                 ":before": before,
                 ":limit": limit,
             })
@@ -567,6 +600,22 @@ mod tests {
             ..AuditQuery::new("acme")
         };
         assert_eq!(run(by_user), "t30,t20", "actor or subject");
+
+        store
+            .append(&[AuditEvent {
+                actor: Some("CORP\\bob".into()),
+                ..denied("acme", 40, "t40")
+            }])
+            .expect("append");
+        let escaped_name = AuditQuery {
+            user: Some("CORP\\bob".into()),
+            ..AuditQuery::new("acme")
+        };
+        assert_eq!(
+            run(escaped_name),
+            "t40",
+            "filter is escaped like stored names"
+        );
     }
 
     #[test]

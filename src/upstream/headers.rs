@@ -159,14 +159,11 @@ pub fn prepare(req: &mut RequestHeader, fwd: &Forwarding<'_>) -> Result<(), Prep
         connection_options: connection_options(&req.headers),
     };
     // Read before anything is removed: the chain must not be droppable by naming
-    // X-Forwarded-For in Connection, and must agree with what `client_ip` saw.
-    let forwarded_for = if policy.peer_trusted {
-        match inbound_chain(&req.headers) {
-            Some(chain) => format!("{chain}, {peer}"),
-            None => peer.to_string(),
-        }
-    } else {
-        client_ip(peer, &req.headers, fwd.trusted).to_string()
+    // X-Forwarded-For in Connection, and must agree with what `client_ip` saw. An untrusted
+    // peer is its own client, so its inbound chain is not repeated.
+    let forwarded_for = match inbound_chain(&req.headers) {
+        Some(chain) if policy.peer_trusted => format!("{chain}, {peer}"),
+        _ => peer.to_string(),
     };
 
     let doomed: Vec<HeaderName> = req

@@ -1,0 +1,120 @@
+//! The gateway's cookies: reading them from a request, writing `Set-Cookie`, and removing
+//! them before a request goes upstream.
+//!
+//! Both cookies carry the `__Host-` prefix (RFC 6265bis §4.1.3.2): browsers accept them only
+//! with `Secure`, `Path=/` and no `Domain`, so a sibling subdomain cannot toss a cookie of the
+//! same name onto a tenant host.
+
+use http::HeaderMap;
+
+/// The session cookie.
+pub const SESSION: &str = "__Host-portcullis";
+/// The pre-login anti-CSRF cookie (double-submit with the login form).
+pub const LOGIN_CSRF: &str = "__Host-portcullis-csrf";
+
+/// Every value of the cookie `name` in the request (several `Cookie` headers and several
+/// pairs per header are allowed by RFC 6265 §5.4 for HTTP/2).
+pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v.trim())
+        })
+}
+
+/// The single value of cookie `name`. Two values (a tossed duplicate) count as none: which
+/// one a server would pick is not defined, so neither is trusted.
+pub fn single<'a>(headers: &'a HeaderMap, name: &'a str) -> Option<&'a str> {
+    let mut it = values(headers, name);
+    match (it.next(), it.next()) {
+        (Some(v), None) if !v.is_empty() => Some(v),
+        _ => None,
+    }
+}
+
+/// `Set-Cookie` for a session-scoped cookie (no Max-Age: it ends with the browser session;
+/// the server enforces idle and absolute timeouts).
+pub fn set(name: &str, value: &str, same_site: &str) -> String {
+    format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite={same_site}")
+}
+
+/// `Set-Cookie` that deletes the cookie.
+pub fn clear(name: &str) -> String {
+    format!("{name}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+/// The `Cookie` header to forward upstream: every pair except the gateway's own cookies
+/// (the session token must never reach a backend). `None` when nothing is left.
+pub fn without_gateway_cookies(headers: &HeaderMap) -> Option<String> {
+    let kept: Vec<&str> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
+            // Any spelling a backend might fold to ours is dropped too.
+            !name.to_ascii_lowercase().starts_with("__host-portcullis")
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(http::header::COOKIE, http::HeaderValue::from_static(c));
+        }
+        h
+    }
+
+    #[test]
+    fn session_cookie_is_found_among_others() {
+        let h = headers(&["a=1; __Host-portcullis=tok; b=2"]);
+        assert_eq!(single(&h, SESSION), Some("tok"));
+    }
+
+    #[test]
+    fn tossed_duplicate_session_cookie_is_trusted_by_neither() {
+        let h = headers(&["__Host-portcullis=mine", "__Host-portcullis=tossed"]);
+        assert_eq!(single(&h, SESSION), None);
+    }
+
+    #[test]
+    fn unprefixed_lookalike_is_not_the_session_cookie() {
+        let h = headers(&["portcullis=tok; __host-portcullis=tok2"]);
+        assert_eq!(single(&h, SESSION), None);
+    }
+
+    #[test]
+    fn session_cookie_is_never_forwarded() {
+        let h = headers(&[
+            "a=1; __Host-portcullis=tok",
+            "__Host-portcullis-csrf=c; b=2; __HOST-PORTCULLIS=x",
+        ]);
+        assert_eq!(without_gateway_cookies(&h).as_deref(), Some("a=1; b=2"));
+        assert_eq!(
+            without_gateway_cookies(&headers(&["__Host-portcullis=t"])),
+            None
+        );
+    }
+
+    #[test]
+    fn set_cookie_has_every_protection() {
+        let c = set(SESSION, "v", "Lax");
+        for part in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+            assert!(c.contains(part), "{c}");
+        }
+        assert!(!c.contains("Domain"));
+    }
+}

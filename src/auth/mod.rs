@@ -1,0 +1,8 @@
+//! Authentication: the login state machine (password → second factor → session), sessions and
+//! cookies, passwords, and the signed identity sent upstream.
+
+pub mod cookie;
+pub mod jwt;
+pub mod pages;
+pub mod password;
+pub mod return_to;

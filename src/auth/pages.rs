@@ -1,0 +1,430 @@
+//! The server-rendered pages of the login flow. They work without JavaScript (there is none)
+//! under a strict Content-Security-Policy ([`csp`]): one inline `<style>` allowed by its hash,
+//! nothing else loads, forms post only to this host, no framing.
+//!
+//! Every interpolated value goes through [`escape_html`]. Callers send each page with
+//! `Content-Type: text/html; charset=utf-8`, `Content-Security-Policy: {csp()}` and
+//! `Cache-Control: no-store`.
+
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+/// The one stylesheet, inline. Its SHA-256 is in the CSP, so changing it changes the policy.
+const STYLE: &str = "\
+:root{color-scheme:light dark;font-family:system-ui,sans-serif;line-height:1.5}\
+body{margin:0;padding:2rem 1rem;background:Canvas;color:CanvasText}\
+main{max-width:24rem;margin:0 auto}\
+h1{font-size:1.5rem;margin:0 0 1rem}\
+label{display:block;font-weight:600;margin-top:1rem}\
+input{box-sizing:border-box;width:100%;padding:.5rem;font:inherit;\
+border:1px solid GrayText;border-radius:4px}\
+button{margin-top:1.5rem;padding:.5rem 1.25rem;font:inherit;font-weight:600;cursor:pointer;\
+border:1px solid ButtonText;border-radius:4px;background:ButtonFace;color:ButtonText}\
+input:focus,button:focus{outline:3px solid Highlight;outline-offset:2px}\
+.error{padding:.75rem;border:2px solid #b00020;border-radius:4px}\
+.hint{margin:.25rem 0 0;font-size:.875rem}";
+
+/// The Content-Security-Policy for every page here: nothing but the inline style (by its
+/// SHA-256, CSP Level 3 §8.4), forms only to this origin, never framed (clickjacking), no
+/// `<base>` rewriting.
+pub fn csp() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        let digest = Sha256::digest(STYLE.as_bytes());
+        let hash = base64::engine::general_purpose::STANDARD.encode(digest);
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'"
+        )
+    })
+}
+
+/// Escape text for HTML element content and quoted attribute values (OWASP XSS Prevention
+/// Cheat Sheet, rule 1 and 2): `& < > " '`.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// What the sign-in page shows.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginPage<'a> {
+    /// The tenant's display name.
+    pub tenant_name: &'a str,
+    /// The anti-CSRF token for the form.
+    pub csrf_token: &'a str,
+    /// Where to go after signing in (already validated as a same-host path).
+    pub return_to: &'a str,
+    /// The username to prefill after a failed attempt; empty otherwise.
+    pub username: &'a str,
+    /// Why the last attempt failed, for people to read.
+    pub error: Option<&'a str>,
+    /// Whether the tenant allows password sign-in.
+    pub password_enabled: bool,
+}
+
+/// The sign-in page: a form posting `username`, `password`, `csrf`, `return_to` to
+/// `/.auth/login`.
+pub fn login_page(page: &LoginPage<'_>) -> String {
+    let tenant = escape_html(page.tenant_name);
+    let title = format!("Sign in to {tenant}");
+    let mut body = format!("<h1>{title}</h1>\n");
+    body.push_str(&error_block(page.error));
+    if !page.password_enabled {
+        body.push_str(
+            "<p>Password sign-in is turned off for this organisation. \
+             Use your organisation's single sign-on.</p>\n",
+        );
+        return layout(&title, &body);
+    }
+    let described = described_by(page.error);
+    // A prefilled username means the password is what to fix: focus goes there.
+    let (user_focus, password_focus) = if page.username.is_empty() {
+        (" autofocus", "")
+    } else {
+        ("", " autofocus")
+    };
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/.auth/login\">\n\
+         {hidden}\
+         <label for=\"username\">Username</label>\n\
+         <input id=\"username\" name=\"username\" type=\"text\" value=\"{username}\" \
+         autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" \
+         required{user_focus}{described}>\n\
+         <label for=\"password\">Password</label>\n\
+         <input id=\"password\" name=\"password\" type=\"password\" \
+         autocomplete=\"current-password\" required{password_focus}{described}>\n\
+         <button type=\"submit\">Sign in</button>\n\
+         </form>\n",
+        hidden = hidden_fields(page.csrf_token, page.return_to),
+        username = escape_html(page.username),
+    ));
+    layout(&title, &body)
+}
+
+/// The sign-out confirmation: one button posting `csrf` to `/.auth/logout`.
+pub fn logout_page(csrf_token: &str) -> String {
+    let body = format!(
+        "<h1>Sign out</h1>\n\
+         <form method=\"post\" action=\"/.auth/logout\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+         <button type=\"submit\">Sign out</button>\n\
+         </form>\n",
+        csrf = escape_html(csrf_token),
+    );
+    layout("Sign out", &body)
+}
+
+/// The password change form: posts `current_password`, `new_password`, `confirm_password`,
+/// `csrf`, `return_to` to `/.auth/password`. `min_length` is the tenant's policy, shown as a
+/// hint.
+pub fn password_change_page(
+    csrf_token: &str,
+    return_to: &str,
+    min_length: usize,
+    error: Option<&str>,
+) -> String {
+    let described = described_by(error);
+    // No `maxlength`: browsers silently cut pasted text to it; the server refuses instead.
+    let body = format!(
+        "<h1>Change your password</h1>\n\
+         {error}\
+         <form method=\"post\" action=\"/.auth/password\">\n\
+         {hidden}\
+         <label for=\"current_password\">Current password</label>\n\
+         <input id=\"current_password\" name=\"current_password\" type=\"password\" \
+         autocomplete=\"current-password\" required autofocus{described}>\n\
+         <label for=\"new_password\">New password</label>\n\
+         <input id=\"new_password\" name=\"new_password\" type=\"password\" \
+         autocomplete=\"new-password\" required aria-describedby=\"new_password_hint\">\n\
+         <p class=\"hint\" id=\"new_password_hint\">At least {min_length} characters. \
+         A few unrelated words make a good password; common passwords are refused.</p>\n\
+         <label for=\"confirm_password\">Repeat the new password</label>\n\
+         <input id=\"confirm_password\" name=\"confirm_password\" type=\"password\" \
+         autocomplete=\"new-password\" required>\n\
+         <button type=\"submit\">Change password</button>\n\
+         </form>\n",
+        error = error_block(error),
+        hidden = hidden_fields(csrf_token, return_to),
+    );
+    layout("Change your password", &body)
+}
+
+/// A page with a heading and one paragraph, for outcomes and errors.
+pub fn message_page(title: &str, text: &str) -> String {
+    let title = escape_html(title);
+    let body = format!("<h1>{title}</h1>\n<p>{}</p>\n", escape_html(text));
+    layout(&title, &body)
+}
+
+/// The document around a page body. `title` is already escaped.
+fn layout(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n\
+         <html lang=\"en\">\n\
+         <head>\n\
+         <meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"referrer\" content=\"no-referrer\">\n\
+         <title>{title}</title>\n\
+         <style>{STYLE}</style>\n\
+         </head>\n\
+         <body>\n\
+         <main>\n\
+         {body}\
+         </main>\n\
+         </body>\n\
+         </html>\n"
+    )
+}
+
+fn hidden_fields(csrf_token: &str, return_to: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
+         <input type=\"hidden\" name=\"return_to\" value=\"{}\">\n",
+        escape_html(csrf_token),
+        escape_html(return_to),
+    )
+}
+
+/// The error, announced to screen readers as it appears (WAI-ARIA `role="alert"`).
+fn error_block(error: Option<&str>) -> String {
+    error.map_or_else(String::new, |error| {
+        format!(
+            "<p class=\"error\" id=\"form_error\" role=\"alert\">{}</p>\n",
+            escape_html(error)
+        )
+    })
+}
+
+/// Ties fields to the error message and marks them invalid, so assistive technology reads it.
+fn described_by(error: Option<&str>) -> &'static str {
+    if error.is_some() {
+        " aria-invalid=\"true\" aria-describedby=\"form_error\""
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XSS: &str = "\"'><script>alert(1)</script><img src=x onerror=alert(1)>&amp;";
+
+    fn login(error: Option<&'static str>) -> LoginPage<'static> {
+        LoginPage {
+            tenant_name: "Acme",
+            csrf_token: "tok123",
+            return_to: "/app",
+            username: "",
+            error,
+            password_enabled: true,
+        }
+    }
+
+    fn every_page() -> Vec<String> {
+        vec![
+            login_page(&login(None)),
+            login_page(&login(Some("Wrong username or password."))),
+            login_page(&LoginPage {
+                password_enabled: false,
+                ..login(None)
+            }),
+            logout_page("tok123"),
+            password_change_page("tok123", "/app", 15, Some("Use at least 15 characters.")),
+            message_page("Signed out", "You have signed out."),
+        ]
+    }
+
+    /// The `name` attributes of the page's inputs, in order.
+    fn field_names(html: &str) -> Vec<&str> {
+        html.split("<input")
+            .skip(1)
+            .filter_map(|input| input.split("name=\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .collect()
+    }
+
+    /// Whether any ` on…=` attribute (an inline event handler) appears.
+    fn has_event_handler(html: &str) -> bool {
+        html.match_indices(" on").any(|(at, _)| {
+            let rest = &html[at + 3..];
+            let name_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
+            name_len > 0 && rest[name_len..].starts_with('=')
+        })
+    }
+
+    #[test]
+    fn escape_html_escapes_every_special_character() {
+        assert_eq!(
+            escape_html(r#"<a href="x" title='y'>&</a>"#),
+            "&lt;a href=&quot;x&quot; title=&#x27;y&#x27;&gt;&amp;&lt;/a&gt;"
+        );
+        assert_eq!(escape_html("plain text ü"), "plain text ü");
+    }
+
+    #[test]
+    fn interpolated_values_cannot_inject_markup() {
+        let page = login_page(&LoginPage {
+            tenant_name: XSS,
+            csrf_token: XSS,
+            return_to: XSS,
+            username: XSS,
+            error: Some(XSS),
+            password_enabled: true,
+        });
+        let pages = [
+            page,
+            password_change_page(XSS, XSS, 15, Some(XSS)),
+            logout_page(XSS),
+            message_page(XSS, XSS),
+        ];
+        for html in &pages {
+            assert!(!html.contains("<script"), "{html}");
+            assert!(!html.contains("<img"), "{html}");
+            assert!(!html.contains("\"'>"), "{html}");
+            assert!(html.contains("&lt;script&gt;"), "{html}");
+            assert!(html.contains("&amp;amp;"), "{html}");
+        }
+    }
+
+    #[test]
+    fn csp_hash_matches_the_inline_style_emitted() {
+        for html in every_page() {
+            let (_, rest) = html.split_once("<style>").expect("one style element");
+            let (style, rest) = rest.split_once("</style>").expect("closed");
+            assert!(!rest.contains("<style"), "a second style element");
+            let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(style));
+            assert!(
+                csp().contains(&format!("style-src 'sha256-{hash}'")),
+                "{}",
+                csp()
+            );
+            assert!(
+                !html.contains(" style="),
+                "inline style attributes need 'unsafe-hashes'"
+            );
+        }
+    }
+
+    #[test]
+    fn csp_allows_nothing_else() {
+        let csp = csp();
+        for directive in [
+            "default-src 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+        ] {
+            assert!(csp.contains(directive), "{csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert!(!csp.contains("script-src"), "{csp}");
+    }
+
+    #[test]
+    fn pages_contain_no_script() {
+        for html in every_page() {
+            assert!(!html.to_ascii_lowercase().contains("<script"), "{html}");
+            assert!(!has_event_handler(&html), "{html}");
+        }
+    }
+
+    #[test]
+    fn pages_are_accessible_documents() {
+        for html in every_page() {
+            assert!(html.starts_with("<!doctype html>\n<html lang=\"en\">"));
+            assert!(html.contains("<meta name=\"viewport\""));
+            assert!(html.contains("<title>"));
+            for id in html
+                .split(" id=\"")
+                .skip(1)
+                .filter_map(|s| s.split('"').next())
+            {
+                if html.contains(&format!("<input id=\"{id}\"")) {
+                    assert!(html.contains(&format!("<label for=\"{id}\">")), "{id}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn login_form_posts_the_documented_fields() {
+        let html = login_page(&login(None));
+        assert!(html.contains("<form method=\"post\" action=\"/.auth/login\">"));
+        assert_eq!(
+            field_names(&html),
+            ["csrf", "return_to", "username", "password"]
+        );
+        assert!(html.contains("autocomplete=\"username\""));
+        assert!(html.contains("autocomplete=\"current-password\""));
+        assert!(html.contains("name=\"csrf\" value=\"tok123\""));
+        assert!(html.contains("name=\"return_to\" value=\"/app\""));
+    }
+
+    #[test]
+    fn failed_login_prefills_the_username_and_shows_the_error() {
+        let html = login_page(&LoginPage {
+            username: "alice",
+            ..login(Some("Wrong username or password."))
+        });
+        assert!(html.contains("value=\"alice\""));
+        assert!(html.contains("role=\"alert\">Wrong username or password.</p>"));
+        assert!(html.contains("aria-invalid=\"true\""));
+        assert!(
+            !html.contains("type=\"password\" value="),
+            "never echo a password"
+        );
+    }
+
+    #[test]
+    fn login_without_password_sign_in_has_no_password_form() {
+        let html = login_page(&LoginPage {
+            password_enabled: false,
+            ..login(None)
+        });
+        assert!(!html.contains("<form"));
+        assert!(field_names(&html).is_empty());
+    }
+
+    #[test]
+    fn logout_form_posts_csrf_to_logout() {
+        let html = logout_page("tok123");
+        assert!(html.contains("<form method=\"post\" action=\"/.auth/logout\">"));
+        assert_eq!(field_names(&html), ["csrf"]);
+        assert!(html.contains("<button type=\"submit\">"));
+    }
+
+    #[test]
+    fn password_change_form_posts_the_documented_fields() {
+        let html = password_change_page("tok123", "/app", 15, None);
+        assert!(html.contains("<form method=\"post\" action=\"/.auth/password\">"));
+        assert_eq!(
+            field_names(&html),
+            [
+                "csrf",
+                "return_to",
+                "current_password",
+                "new_password",
+                "confirm_password"
+            ]
+        );
+        assert_eq!(html.matches("autocomplete=\"new-password\"").count(), 2);
+        assert!(html.contains("autocomplete=\"current-password\""));
+        assert!(html.contains("At least 15 characters."));
+        assert!(!html.contains("maxlength"), "browsers would truncate");
+    }
+}

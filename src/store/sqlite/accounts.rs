@@ -1,0 +1,403 @@
+//! [`AccountStore`] on SQLite.
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{Context, SqliteStore};
+use crate::store::accounts::{AccountStore, Session, Stage, User};
+use crate::store::StoreError;
+
+const USER_COLUMNS: &str =
+    "tenant, username, password_hash, roles, disabled, created_at, password_changed_at";
+const SESSION_COLUMNS: &str = "token_hash, id, tenant, username, stage, amr, csrf, return_to, \
+                               created_at, last_seen, expires_at, idle_timeout";
+
+fn secs(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("time {v} out of range")))
+}
+
+fn from_secs(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative time {v}")))
+}
+
+fn list(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|_| StoreError::Corrupt("unreadable list column".into()))
+}
+
+fn to_json(items: &[String]) -> String {
+    serde_json::Value::from(items.to_vec()).to_string()
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<(User, String, i64, i64)> {
+    Ok((
+        User {
+            tenant: row.get(0)?,
+            username: row.get(1)?,
+            password_hash: row.get(2)?,
+            roles: Vec::new(),
+            disabled: row.get(4)?,
+            created_at: 0,
+            password_changed_at: 0,
+        },
+        row.get(3)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
+fn finish_user(
+    (mut user, roles, created, changed): (User, String, i64, i64),
+) -> Result<User, StoreError> {
+    user.roles = list(&roles)?;
+    user.created_at = from_secs(created)?;
+    user.password_changed_at = from_secs(changed)?;
+    Ok(user)
+}
+
+type SessionRow = (
+    Vec<u8>,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+        row.get(10)?,
+        row.get(11)?,
+    ))
+}
+
+fn finish_session(r: SessionRow) -> Result<Session, StoreError> {
+    let token_hash: [u8; 32] =
+        r.0.try_into()
+            .map_err(|_| StoreError::Corrupt("session hash is not 32 bytes".into()))?;
+    Ok(Session {
+        token_hash,
+        id: r.1,
+        tenant: r.2,
+        username: r.3,
+        stage: Stage::parse(&r.4)
+            .ok_or_else(|| StoreError::Corrupt(format!("session stage {:?}", r.4)))?,
+        amr: list(&r.5)?,
+        csrf: r.6,
+        return_to: r.7,
+        created_at: from_secs(r.8)?,
+        last_seen: from_secs(r.9)?,
+        expires_at: from_secs(r.10)?,
+        idle_timeout: from_secs(r.11)?,
+    })
+}
+
+impl AccountStore for SqliteStore {
+    fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let inserted = conn
+            .execute(
+                &format!("INSERT OR IGNORE INTO user ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    user.tenant,
+                    user.username,
+                    user.password_hash,
+                    to_json(&user.roles),
+                    user.disabled,
+                    secs(user.created_at)?,
+                    secs(user.password_changed_at)?,
+                ],
+            )
+            .ctx("create user")?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "user `{}` in tenant `{}`",
+                user.username, user.tenant
+            )));
+        }
+        Ok(())
+    }
+
+    fn user(&self, tenant: &str, username: &str) -> Result<Option<User>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM user WHERE tenant = ?1 AND username = ?2"),
+                params![tenant, username],
+                user_from_row,
+            )
+            .optional()
+            .ctx("read user")?;
+        row.map(finish_user).transpose()
+    }
+
+    fn users(&self, tenant: &str) -> Result<Vec<User>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {USER_COLUMNS} FROM user WHERE tenant = ?1 ORDER BY username"
+            ))
+            .ctx("list users")?;
+        let rows = stmt
+            .query_map(params![tenant], user_from_row)
+            .ctx("list users")?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("list users")?;
+        rows.into_iter().map(finish_user).collect()
+    }
+
+    fn set_password(
+        &self,
+        tenant: &str,
+        username: &str,
+        phc: &str,
+        changed_at: u64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "UPDATE user SET password_hash = ?3, password_changed_at = ?4 WHERE tenant = ?1 AND username = ?2",
+                params![tenant, username, phc, secs(changed_at)?],
+            )
+            .ctx("set password")?;
+        Ok(n == 1)
+    }
+
+    fn set_disabled(
+        &self,
+        tenant: &str,
+        username: &str,
+        disabled: bool,
+    ) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "UPDATE user SET disabled = ?3 WHERE tenant = ?1 AND username = ?2",
+                params![tenant, username, disabled],
+            )
+            .ctx("disable user")?;
+        Ok(n == 1)
+    }
+
+    fn create_session(&self, s: &Session) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            &format!(
+                "INSERT INTO session ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
+            params![
+                s.token_hash.as_slice(),
+                s.id,
+                s.tenant,
+                s.username,
+                s.stage.as_str(),
+                to_json(&s.amr),
+                s.csrf,
+                s.return_to,
+                secs(s.created_at)?,
+                secs(s.last_seen)?,
+                secs(s.expires_at)?,
+                secs(s.idle_timeout)?,
+            ],
+        )
+        .ctx("create session")?;
+        Ok(())
+    }
+
+    fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM session WHERE token_hash = ?1"
+            ))
+            .ctx("read session")?
+            .query_row(params![token_hash.as_slice()], session_from_row)
+            .optional()
+            .ctx("read session")?;
+        row.map(finish_session).transpose()
+    }
+
+    fn touch_session(&self, token_hash: &[u8; 32], last_seen: u64) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE session SET last_seen = max(last_seen, ?2) WHERE token_hash = ?1",
+            params![token_hash.as_slice(), secs(last_seen)?],
+        )
+        .ctx("touch session")?;
+        Ok(())
+    }
+
+    fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "DELETE FROM session WHERE token_hash = ?1",
+                params![token_hash.as_slice()],
+            )
+            .ctx("delete session")?;
+        Ok(n == 1)
+    }
+
+    fn delete_user_sessions(
+        &self,
+        tenant: &str,
+        username: &str,
+        keep: Option<&[u8; 32]>,
+    ) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let keep: &[u8] = keep.map_or(&[], |k| k.as_slice());
+        let n = conn
+            .execute(
+                "DELETE FROM session WHERE tenant = ?1 AND username = ?2 AND token_hash != ?3",
+                params![tenant, username, keep],
+            )
+            .ctx("delete user sessions")?;
+        Ok(n as u64)
+    }
+
+    fn purge_sessions(&self, now: u64) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "DELETE FROM session WHERE expires_at <= ?1",
+                params![secs(now)?],
+            )
+            .ctx("purge sessions")?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(tenant: &str, name: &str) -> User {
+        User {
+            tenant: tenant.into(),
+            username: name.into(),
+            password_hash: Some("$argon2id$stub".into()),
+            roles: vec!["admin".into()],
+            disabled: false,
+            created_at: 10,
+            password_changed_at: 10,
+        }
+    }
+
+    fn session(tenant: &str, name: &str, hash: u8) -> Session {
+        Session {
+            token_hash: [hash; 32],
+            id: format!("sid-{hash}"),
+            tenant: tenant.into(),
+            username: name.into(),
+            stage: Stage::Active,
+            amr: vec!["pwd".into()],
+            csrf: "c".into(),
+            return_to: "/".into(),
+            created_at: 100,
+            last_seen: 100,
+            expires_at: 1000,
+            idle_timeout: 60,
+        }
+    }
+
+    #[test]
+    fn same_username_in_two_tenants_is_two_users() {
+        let store = SqliteStore::open_in_memory().expect("store");
+        store
+            .create_user(&user("acme", "alice"))
+            .expect("acme alice");
+        store
+            .create_user(&user("globex", "alice"))
+            .expect("globex alice");
+        assert!(matches!(
+            store.create_user(&user("acme", "alice")),
+            Err(StoreError::Conflict(_))
+        ));
+        store.set_disabled("acme", "alice", true).expect("disable");
+        assert!(
+            store
+                .user("acme", "alice")
+                .expect("read")
+                .expect("exists")
+                .disabled
+        );
+        assert!(
+            !store
+                .user("globex", "alice")
+                .expect("read")
+                .expect("exists")
+                .disabled
+        );
+        assert_eq!(store.users("acme").expect("list").len(), 1);
+        assert_eq!(
+            store
+                .user("acme", "alice")
+                .expect("read")
+                .expect("exists")
+                .roles,
+            vec!["admin"]
+        );
+    }
+
+    #[test]
+    fn sessions_round_trip_and_end_per_user() {
+        let store = SqliteStore::open_in_memory().expect("store");
+        store
+            .create_session(&session("acme", "alice", 1))
+            .expect("s1");
+        store
+            .create_session(&session("acme", "alice", 2))
+            .expect("s2");
+        store
+            .create_session(&session("acme", "bob", 3))
+            .expect("s3");
+        assert_eq!(
+            store.session(&[1; 32]).expect("read"),
+            Some(session("acme", "alice", 1))
+        );
+        store.touch_session(&[1; 32], 150).expect("touch");
+        assert_eq!(
+            store
+                .session(&[1; 32])
+                .expect("read")
+                .expect("exists")
+                .last_seen,
+            150
+        );
+        assert_eq!(
+            store
+                .delete_user_sessions("acme", "alice", Some(&[1; 32]))
+                .expect("delete"),
+            1
+        );
+        assert!(store.session(&[2; 32]).expect("read").is_none());
+        assert!(store.session(&[1; 32]).expect("read").is_some());
+        assert!(store.session(&[3; 32]).expect("read").is_some());
+        assert!(store.delete_session(&[1; 32]).expect("delete"));
+        assert_eq!(store.purge_sessions(1000).expect("purge"), 1);
+    }
+
+    #[test]
+    fn liveness_follows_idle_and_absolute_timeouts() {
+        let s = session("acme", "alice", 1);
+        assert!(s.is_live(150));
+        assert!(!s.is_live(160), "idle timeout");
+        let mut busy = s.clone();
+        busy.last_seen = 990;
+        assert!(!busy.is_live(1000), "absolute timeout");
+    }
+}

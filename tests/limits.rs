@@ -1,0 +1,115 @@
+//! Size caps (issue 2, item 4; SPEC step 6): a header block over `max_header_bytes` gets 431,
+//! a Content-Length over `max_body_bytes` gets 413, and a chunked body is cut at the cap;
+//! none of these reach the backend in full.
+
+mod common;
+
+use common::*;
+
+const MAX_HEADER_BYTES: u64 = 4096;
+const MAX_BODY_BYTES: u64 = 1000;
+
+fn limited() -> Gateway {
+    Gateway::start(Opts {
+        max_header_bytes: Some(MAX_HEADER_BYTES),
+        max_body_bytes: Some(MAX_BODY_BYTES),
+        ..Opts::default()
+    })
+}
+
+#[tokio::test]
+async fn header_block_over_the_limit_is_431() {
+    let gw = limited();
+    // Control: well under the cap passes.
+    let small = format!("X-Filler: {}", "a".repeat(1000));
+    let resp = gw.raw_get("acme.localhost", "/api/h", &[&small]).await;
+    assert_eq!(resp.status, 200, "1 KB of headers under a 4 KB cap");
+
+    let big = format!("X-Filler: {}", "a".repeat(5000));
+    let resp = gw
+        .raw_get(
+            "acme.localhost",
+            "/api/h",
+            &[&big, "X-Test-Probe: big-header"],
+        )
+        .await;
+    assert_eq!(resp.status, 431, "one 5 KB header over a 4 KB cap");
+    assert!(!gw.backend_traffic().contains("big-header"), "forwarded");
+
+    // Many small headers that add up past the cap.
+    let many: Vec<String> = (0..100)
+        .map(|i| format!("X-Filler-{i}: {}", "b".repeat(60)))
+        .collect();
+    let mut lines: Vec<&str> = many.iter().map(String::as_str).collect();
+    lines.push("X-Test-Probe: many-headers");
+    let resp = gw.raw_get("acme.localhost", "/api/h", &lines).await;
+    assert_eq!(
+        resp.status, 431,
+        "100 headers totalling ~7 KB over a 4 KB cap"
+    );
+    assert!(!gw.backend_traffic().contains("many-headers"), "forwarded");
+}
+
+#[tokio::test]
+async fn content_length_over_the_limit_is_413() {
+    let gw = limited();
+    // Control: a body at the cap passes.
+    let ok = vec![b'o'; 1000];
+    let req = request_bytes("POST", "/api/body", "acme.localhost", &[], &ok);
+    let resp = gw.raw("acme.localhost", &req).await.single();
+    assert_eq!(resp.status, 200, "1000-byte body with a 1000-byte cap");
+    assert_eq!(resp.expect_echo().body_len, 1000);
+
+    let big = vec![b'x'; 5000];
+    let req = request_bytes(
+        "POST",
+        "/api/body",
+        "acme.localhost",
+        &["X-Test-Probe: big-body"],
+        &big,
+    );
+    let reply = gw.raw("acme.localhost", &req).await;
+    let first = reply
+        .responses()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no response: {:?}", reply.text()));
+    assert_eq!(
+        first.status, 413,
+        "Content-Length 5000 over a 1000-byte cap"
+    );
+    assert!(!gw.backend_traffic().contains("big-body"), "forwarded");
+}
+
+#[tokio::test]
+async fn chunked_body_is_cut_at_the_limit() {
+    let gw = limited();
+    let mut body = String::new();
+    for i in 0..50 {
+        let chunk = format!("chunk-{i:03}-{}", "c".repeat(90));
+        body.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    body.push_str("11\r\nEND-OF-BODY-MARK!\r\n0\r\n\r\n");
+    let req = format!(
+        "POST /api/chunked HTTP/1.1\r\nHost: acme.localhost\r\nTransfer-Encoding: chunked\r\n\
+Connection: close\r\n\r\n{body}"
+    );
+    let reply = gw.raw("acme.localhost", req.as_bytes()).await;
+    if let Some(resp) = reply.responses().first() {
+        if let Some(echo) = resp.echo() {
+            assert!(
+                echo.body_len <= MAX_BODY_BYTES,
+                "backend received {} body bytes, cap is {MAX_BODY_BYTES}",
+                echo.body_len
+            );
+        }
+        assert_ne!(
+            resp.status, 200,
+            "a 5 KB chunked body over a 1 KB cap got 200"
+        );
+    }
+    assert!(
+        !gw.backend_traffic().contains("END-OF-BODY-MARK"),
+        "the whole over-cap chunked body reached the backend"
+    );
+}
