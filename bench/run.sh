@@ -298,8 +298,8 @@ start_gateway() {
         cat "$TMP/check.log" >&2
         die "portcullis check rejected the generated benchmark config"
     }
-    # Per-request logging would measure the terminal, not the proxy.
-    start_bg gateway env RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --config "$TMP/gateway/portcullis.toml"
+    # Log warnings only, like nginx's error_log above.
+    start_bg gateway env PORTCULLIS_LOG="${PORTCULLIS_LOG:-warn}" "$BIN" serve --config "$TMP/gateway/portcullis.toml"
     wait_ready gateway "$LAST_PID" "https://$HOST:$GW_PORT/"
 }
 

@@ -46,6 +46,9 @@ pub enum RequestError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// A dependency (the store) is unavailable; the request is refused, never let through.
+    #[error("temporarily unavailable")]
+    Unavailable,
     /// A fault inside the gateway; the request is refused, never let through.
     #[error("internal error")]
     Internal,
@@ -63,6 +66,7 @@ impl RequestError {
             Self::Misdirected => 421,
             Self::HeadersTooLarge => 431,
             Self::Internal => 500,
+            Self::Unavailable => 503,
             Self::UpstreamUnavailable => 502,
             Self::UpstreamTimeout => 504,
         }
@@ -85,6 +89,7 @@ impl RequestError {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "internal_error",
+            Self::Unavailable => "unavailable",
         }
     }
 
@@ -113,6 +118,7 @@ impl RequestError {
             Self::UpstreamUnavailable => "The application is not reachable right now.",
             Self::UpstreamTimeout => "The application took too long to answer.",
             Self::Internal => "Something went wrong; the request was not forwarded.",
+            Self::Unavailable => "This service is unavailable right now. Please try again shortly.",
         }
     }
 }
@@ -133,6 +139,7 @@ mod tests {
             (RequestError::Misdirected, 421),
             (RequestError::HeadersTooLarge, 431),
             (RequestError::Internal, 500),
+            (RequestError::Unavailable, 503),
             (RequestError::UpstreamUnavailable, 502),
             (RequestError::UpstreamTimeout, 504),
         ];

@@ -41,7 +41,10 @@ fn every_command_has_help() {
 fn top_level_help_lists_the_commands() {
     let out = run_cli(&["--help"]);
     for command in ["serve", "check", "demo", "dev-certs", "echo-backend"] {
-        assert!(out.stdout.contains(command), "--help must list {command}\n{out}");
+        assert!(
+            out.stdout.contains(command),
+            "--help must list {command}\n{out}"
+        );
     }
 }
 

@@ -41,12 +41,19 @@ fn check_reports_unknown_key_with_file_and_line() {
 #[test]
 fn check_reports_unknown_route_key_with_file_and_line() {
     let site = Site::new(Opts::default());
-    let text = site
-        .globex_policy("")
-        .replacen("access = \"public\"", "access = \"public\"\ntimeout = 5", 1);
+    let text = site.globex_policy("").replacen(
+        "access = \"public\"",
+        "access = \"public\"\ntimeout = 5",
+        1,
+    );
     let line = line_of(&text, "timeout = 5");
     site.write("policies/globex.toml", &text);
-    assert_reported(&site.check(), "globex.toml", line, "unknown key in [[routes]]");
+    assert_reported(
+        &site.check(),
+        "globex.toml",
+        line,
+        "unknown key in [[routes]]",
+    );
 }
 
 #[test]
@@ -57,7 +64,12 @@ fn check_reports_unknown_key_in_main_config_with_file_and_line() {
         .replacen("[proxy]\n", "[proxy]\nmax_bodybytes = 5\n", 1);
     let line = line_of(&text, "max_bodybytes");
     site.write("portcullis.toml", &text);
-    assert_reported(&site.check(), "portcullis.toml", line, "unknown key in [proxy]");
+    assert_reported(
+        &site.check(),
+        "portcullis.toml",
+        line,
+        "unknown key in [proxy]",
+    );
 }
 
 #[test]
@@ -177,9 +189,10 @@ fn check_reports_all_errors_at_once() {
         .globex_policy("")
         .replacen("prefix = \"/api\"", "prefix = \"api\"", 1);
     let globex_line = line_of(&globex, "prefix = \"api\"");
-    let config = site
-        .config_toml()
-        .replace("trusted_proxies = []", "trusted_proxies = [\"10.1.2.3/99\"]");
+    let config = site.config_toml().replace(
+        "trusted_proxies = []",
+        "trusted_proxies = [\"10.1.2.3/99\"]",
+    );
     let config_line = line_of(&config, "trusted_proxies");
     site.write("policies/acme.toml", &acme);
     site.write("policies/globex.toml", &globex);
@@ -216,7 +229,11 @@ fn serve_refuses_an_invalid_config() {
     site.write("policies/globex.toml", &text);
     let config = site.config_path();
     let out = run_cli(&["serve", "--config", &config.to_string_lossy()]);
-    assert_eq!(out.code, Some(1), "serve must exit 1 on an invalid config\n{out}");
+    assert_eq!(
+        out.code,
+        Some(1),
+        "serve must exit 1 on an invalid config\n{out}"
+    );
     let error_lines: Vec<&str> = out
         .stderr_lines()
         .into_iter()

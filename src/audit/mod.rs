@@ -48,15 +48,42 @@ pub enum EventKind {
     RequestDenied,
     /// A malformed or ambiguous request (path encoding, framing) was refused with 400.
     BadRequestRejected,
+    /// A user signed in (or passed the password step of a longer login).
+    LoginSucceeded,
+    /// A sign-in attempt failed; `reason` says why (never the password).
+    LoginFailed,
+    /// A user signed out; the session ended server-side.
+    Logout,
+    /// A session was presented after its idle or absolute timeout.
+    SessionExpired,
+    /// Sessions were ended by an operator, a password change or a disabled account.
+    SessionRevoked,
+    /// A password was set or changed.
+    PasswordChanged,
+    /// An account was created.
+    UserCreated,
+    /// An account was disabled.
+    UserDisabled,
+    /// An account was enabled again.
+    UserEnabled,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::ConfigReloaded,
         EventKind::ConfigRejected,
         EventKind::RequestDenied,
         EventKind::BadRequestRejected,
+        EventKind::LoginSucceeded,
+        EventKind::LoginFailed,
+        EventKind::Logout,
+        EventKind::SessionExpired,
+        EventKind::SessionRevoked,
+        EventKind::PasswordChanged,
+        EventKind::UserCreated,
+        EventKind::UserDisabled,
+        EventKind::UserEnabled,
     ];
 
     /// The stable snake_case name (same as the serde name).
@@ -66,6 +93,15 @@ impl EventKind {
             EventKind::ConfigRejected => "config_rejected",
             EventKind::RequestDenied => "request_denied",
             EventKind::BadRequestRejected => "bad_request_rejected",
+            EventKind::LoginSucceeded => "login_succeeded",
+            EventKind::LoginFailed => "login_failed",
+            EventKind::Logout => "logout",
+            EventKind::SessionExpired => "session_expired",
+            EventKind::SessionRevoked => "session_revoked",
+            EventKind::PasswordChanged => "password_changed",
+            EventKind::UserCreated => "user_created",
+            EventKind::UserDisabled => "user_disabled",
+            EventKind::UserEnabled => "user_enabled",
         }
     }
 }

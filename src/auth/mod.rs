@@ -2,7 +2,10 @@
 //! cookies, passwords, and the signed identity sent upstream.
 
 pub mod cookie;
+pub mod flow;
 pub mod jwt;
 pub mod pages;
 pub mod password;
+pub mod reply;
 pub mod return_to;
+pub mod session;

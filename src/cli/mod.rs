@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+mod accounts;
+
 use crate::config::Config;
 use crate::gateway::server;
 use crate::gateway::state::ConfigSource;
@@ -14,6 +16,13 @@ use crate::tls::devcerts;
 
 /// The demo configuration, built in so `portcullis demo` works from a fresh checkout.
 const DEMO_CONFIG: &str = include_str!("../../demo/portcullis.toml");
+/// The demo's accounts: (tenant, username, password, roles). Demo data only, printed at
+/// start so anyone can sign in; never use these anywhere else.
+const DEMO_USERS: &[(&str, &str, &str, &[&str])] = &[
+    ("acme", "alice", "alice-demo-passphrase", &["admin"]),
+    ("acme", "bob", "bob-demo-passphrase", &[]),
+    ("globex", "carol", "carol-demo-passphrase", &[]),
+];
 /// Where the demo's echo backend listens (the example policies point here).
 const DEMO_ECHO: &str = "127.0.0.1:18080";
 
@@ -49,6 +58,26 @@ enum Command {
         /// Hosts to make certificates for (comma-separated).
         #[arg(long, value_delimiter = ',', default_values_t = devcerts::DEMO_HOSTS.map(String::from))]
         hosts: Vec<String>,
+    },
+    /// Create the master key and the upstream-JWT signing keys (missing ones only).
+    Keygen {
+        /// The config file (names the key files).
+        #[arg(long, default_value = "portcullis.toml")]
+        config: PathBuf,
+        /// Add a new JWT signing key; the previous one stays published for the grace period.
+        #[arg(long)]
+        rotate_jwt: bool,
+    },
+    /// Manage a tenant's local accounts.
+    User {
+        /// The config file.
+        #[arg(long, default_value = "portcullis.toml", global = true)]
+        config: PathBuf,
+        /// The tenant id.
+        #[arg(long, global = true)]
+        tenant: Option<String>,
+        #[command(subcommand)]
+        command: accounts::UserCommand,
     },
     /// Run the built-in echo backend, which answers with JSON of what it received.
     EchoBackend {
@@ -92,7 +121,28 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             crate::echo::run(listen).with_context(|| format!("echo backend on {listen}"))
         }
         Command::Demo => demo(),
+        Command::Keygen { config, rotate_jwt } => {
+            let config = load(&config)?;
+            accounts::keygen(&config, rotate_jwt)
+        }
+        Command::User {
+            config,
+            tenant,
+            command,
+        } => {
+            let tenant = tenant.context("--tenant is required")?;
+            accounts::user(&config, &tenant, command)
+        }
     }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{} problem(s) in the configuration", errors.0.len())
+    })
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {
@@ -135,6 +185,19 @@ fn demo() -> anyhow::Result<()> {
     {
         devcerts::write(certs, &hosts)?;
     }
+    let source = ConfigSource::Embedded {
+        text: DEMO_CONFIG,
+        name: PathBuf::from("demo/portcullis.toml (built in)"),
+        base: PathBuf::from("demo"),
+    };
+    let config = source.load().map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("the built-in demo configuration is invalid")
+    })?;
+    accounts::keygen(&config, false)?;
+    accounts::ensure_demo_users(&config, DEMO_USERS)?;
     let echo: SocketAddr = DEMO_ECHO.parse()?;
     let echo_listener = std::net::TcpListener::bind(echo)
         .with_context(|| format!("demo echo backend cannot listen on {echo}"))?;
@@ -156,20 +219,20 @@ fn demo() -> anyhow::Result<()> {
     println!(
         "Portcullis demo
   https://acme.localhost:8443/        acme, public route (echo backend shows what it received)
-  https://acme.localhost:8443/app     acme, signed-in users only (sign-in arrives in a later release: 401)
+  https://acme.localhost:8443/app     acme, signed-in users only (redirects to the sign-in form)
+  https://acme.localhost:8443/admin   acme, role \"admin\" only
   https://globex.localhost:8443/      globex, public route
   http://acme.localhost:8080/         redirects to HTTPS (308)
   http://127.0.0.1:9090/metrics       operator listener: /healthz /readyz /metrics
   certificates: certs-dev/ca.crt      e.g. curl --cacert certs-dev/ca.crt https://acme.localhost:8443/
   echo backend: http://{DEMO_ECHO}
-Demo logins: none yet (password sign-in arrives with local accounts)."
+Demo logins (this demo's store only):
+  acme:   alice / {}   (roles: admin)
+  acme:   bob   / {}
+  globex: carol / {}",
+        DEMO_USERS[0].2, DEMO_USERS[1].2, DEMO_USERS[2].2
     );
-    server::run(ConfigSource::Embedded {
-        text: DEMO_CONFIG,
-        name: PathBuf::from("demo/portcullis.toml (built in)"),
-        base: PathBuf::from("demo"),
-    })
-    .map_err(start_error)
+    server::run(source).map_err(start_error)
 }
 
 fn init_logging() {

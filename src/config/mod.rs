@@ -18,7 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use policy::{Access, Route, Tenant, Upstream};
+pub use policy::{Access, Route, SessionPolicy, Tenant, Upstream};
 
 use error::Reporter;
 
@@ -37,6 +37,8 @@ pub struct Config {
     pub certificates: Vec<Certificate>,
     /// Proxying limits and trust.
     pub proxy: Proxy,
+    /// Key files.
+    pub keys: Keys,
     /// Every tenant, from `policies/`.
     pub tenants: Vec<Tenant>,
 }
@@ -84,6 +86,19 @@ pub struct Certificate {
     pub key: Arc<rustls::sign::CertifiedKey>,
 }
 
+/// `[keys]`: made by `portcullis keygen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The data-encryption key (AES-256-GCM) for every secret kept at rest.
+    pub master_key: PathBuf,
+    /// The upstream-JWT signing keys, sealed under the master key.
+    pub jwt_keys: PathBuf,
+    /// How long a rotated-out signing key stays published in the JWKS.
+    pub jwt_grace: Duration,
+    /// Lifetime of an upstream JWT.
+    pub jwt_ttl: Duration,
+}
+
 /// `[proxy]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proxy {
@@ -110,6 +125,16 @@ struct RawConfig {
     admin: RawAdmin,
     tls: RawTls,
     proxy: RawProxy,
+    keys: RawKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeys {
+    master_key: Option<String>,
+    jwt_keys: Option<String>,
+    jwt_grace_secs: Option<u64>,
+    jwt_ttl_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +220,7 @@ impl Config {
             listen: socket_addr(raw.admin.listen.as_ref(), "127.0.0.1:9090", &mut rep),
         };
         let proxy = proxy(raw.proxy, &mut rep);
+        let keys = keys(raw.keys, &base, &server.data_dir, &mut rep);
         let certificates = certificates(raw.tls.certificates, &base, &mut rep);
 
         let tenants = policy::load_dir(&server.policies_dir, &mut errors);
@@ -207,6 +233,7 @@ impl Config {
                 admin,
                 certificates,
                 proxy,
+                keys,
                 tenants,
             })
         } else {
@@ -222,6 +249,7 @@ impl Config {
             files.push(c.cert_path.clone());
             files.push(c.key_path.clone());
         }
+        files.push(self.keys.jwt_keys.clone());
         files
     }
 }
@@ -338,6 +366,34 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
         idle_timeout,
         max_body_bytes: raw.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         max_header_bytes,
+    }
+}
+
+fn keys(raw: RawKeys, base: &Path, data_dir: &Path, rep: &mut Reporter<'_>) -> Keys {
+    let path = |v: Option<String>, default: &str| match v {
+        Some(p) => join(base, &p),
+        None => data_dir.join("keys").join(default),
+    };
+    let jwt_ttl = match raw.jwt_ttl_secs {
+        Some(t) if !(1..=crate::auth::jwt::MAX_TTL_SECS).contains(t.get_ref()) => {
+            rep.at(
+                t.span(),
+                format!(
+                    "jwt_ttl_secs must be between 1 and {}",
+                    crate::auth::jwt::MAX_TTL_SECS
+                ),
+            );
+            crate::auth::jwt::MAX_TTL_SECS
+        }
+        Some(t) => t.into_inner(),
+        None => crate::auth::jwt::MAX_TTL_SECS,
+    };
+    Keys {
+        master_key: path(raw.master_key, "master.key"),
+        jwt_keys: path(raw.jwt_keys, "jwt-keys.json"),
+        // A day: longer than any sensible backend JWKS cache.
+        jwt_grace: Duration::from_secs(raw.jwt_grace_secs.unwrap_or(86_400)),
+        jwt_ttl: Duration::from_secs(jwt_ttl),
     }
 }
 

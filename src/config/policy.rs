@@ -4,7 +4,11 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::Deserialize;
+
+use crate::auth::password::{PasswordPolicy, MAX_LENGTH, MIN_LENGTH_FLOOR};
 use toml::Spanned;
 
 use super::error::{ConfigError, Reporter};
@@ -20,8 +24,31 @@ pub struct Tenant {
     pub hosts: Vec<String>,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
+    /// Session lifetimes.
+    pub session: SessionPolicy,
+    /// Password rules for local accounts.
+    pub password: PasswordPolicy,
     /// The policy file.
     pub source: PathBuf,
+}
+
+/// How long sessions last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// Inactivity after which a session ends.
+    pub idle_timeout: Duration,
+    /// Age after which a session ends, however busy.
+    pub absolute_timeout: Duration,
+}
+
+impl Default for SessionPolicy {
+    /// 30 minutes idle, 12 hours absolute (OWASP ASVS 3.3.2 for level 2 applications).
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30 * 60),
+            absolute_timeout: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 /// One route: a path prefix, where it goes, and who may pass.
@@ -68,6 +95,24 @@ struct RawPolicy {
     hosts: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    session: RawSession,
+    #[serde(default)]
+    password: RawPassword,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSession {
+    idle_timeout_minutes: Option<Spanned<u64>>,
+    absolute_timeout_hours: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPassword {
+    min_length: Option<Spanned<usize>>,
+    max_age_days: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +230,8 @@ fn parse(
             None => ok = false,
         }
     }
+    let session = session_policy(&raw.session, rep, &mut ok);
+    let password = password_policy(&raw.password, rep, &mut ok);
     // Longest prefix first, so the first match is the most specific.
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
@@ -193,8 +240,51 @@ fn parse(
         id: stem,
         hosts,
         routes,
+        session,
+        password,
         source: file.to_path_buf(),
     })
+}
+
+fn session_policy(raw: &RawSession, rep: &mut Reporter<'_>, ok: &mut bool) -> SessionPolicy {
+    let mut policy = SessionPolicy::default();
+    if let Some(m) = &raw.idle_timeout_minutes {
+        if (1..=24 * 60).contains(m.get_ref()) {
+            policy.idle_timeout = Duration::from_secs(m.get_ref() * 60);
+        } else {
+            rep.at(m.span(), "idle_timeout_minutes must be between 1 and 1440");
+            *ok = false;
+        }
+    }
+    if let Some(h) = &raw.absolute_timeout_hours {
+        if (1..=24 * 30).contains(h.get_ref()) {
+            policy.absolute_timeout = Duration::from_secs(h.get_ref() * 3600);
+        } else {
+            rep.at(h.span(), "absolute_timeout_hours must be between 1 and 720");
+            *ok = false;
+        }
+    }
+    policy
+}
+
+fn password_policy(raw: &RawPassword, rep: &mut Reporter<'_>, ok: &mut bool) -> PasswordPolicy {
+    let mut policy = PasswordPolicy::default();
+    if let Some(n) = &raw.min_length {
+        if (MIN_LENGTH_FLOOR..=MAX_LENGTH).contains(n.get_ref()) {
+            policy.min_length = *n.get_ref();
+        } else {
+            rep.at(
+                n.span(),
+                format!("min_length must be between {MIN_LENGTH_FLOOR} and {MAX_LENGTH}"),
+            );
+            *ok = false;
+        }
+    }
+    policy.max_age = raw
+        .max_age_days
+        .filter(|d| *d > 0)
+        .map(|d| Duration::from_secs(d * 86_400));
+    policy
 }
 
 fn route(raw: RawRoute, earlier: &[Route], rep: &mut Reporter<'_>) -> Option<Route> {

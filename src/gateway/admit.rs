@@ -29,24 +29,38 @@ pub struct RequestFacts<'a> {
     pub header_bytes: usize,
 }
 
-/// A request that may go upstream, and everything forwarding needs to know.
+/// A request that passed the checks every request gets, before identity and routing.
 #[derive(Debug, Clone)]
-pub struct Admitted {
+pub struct Prepared {
     /// The tenant it belongs to.
     pub tenant: Arc<Tenant>,
-    /// Index of the route in `tenant.routes`.
-    route: usize,
     /// The request host (lowercase, no port).
     pub host: String,
     /// The normalized target: decided on, and forwarded.
     pub target: target::Target,
 }
 
+impl Prepared {
+    /// Whether the request is for the gateway's own endpoints rather than a route.
+    pub fn is_gateway_endpoint(&self) -> bool {
+        self.target.path == "/.auth" || self.target.path.starts_with("/.auth/")
+    }
+}
+
+/// A request that may go upstream, and everything forwarding needs to know.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The checks every request gets.
+    pub prepared: Prepared,
+    /// Index of the route in `tenant.routes`.
+    route: usize,
+}
+
 impl Admitted {
     /// The matched route.
     pub fn route(&self) -> &Route {
         // `route` was found in this same tenant's list, which is immutable.
-        &self.tenant.routes[self.route]
+        &self.prepared.tenant.routes[self.route]
     }
 }
 
@@ -59,12 +73,13 @@ pub struct Reached {
     pub route: Option<String>,
 }
 
-/// Decide whether a request may go upstream. The order follows DESIGN.md's request flow.
-pub fn admit(
+/// The checks every request gets, in DESIGN.md's order: sizes and framing, Host → tenant,
+/// SNI agreement, one normalized path.
+pub fn prepare(
     rt: &Runtime,
     req: &RequestFacts<'_>,
     reached: &mut Reached,
-) -> Result<Admitted, RequestError> {
+) -> Result<Prepared, RequestError> {
     if req.header_bytes > rt.config.proxy.max_header_bytes {
         return Err(RequestError::HeadersTooLarge);
     }
@@ -90,22 +105,32 @@ pub fn admit(
     if content_length(req.headers).is_some_and(|n| n > rt.config.proxy.max_body_bytes) {
         return Err(RequestError::BodyTooLarge);
     }
+    Ok(Prepared {
+        tenant,
+        host,
+        target,
+    })
+}
 
-    let route = policy::route(&tenant, &target.path)?;
+/// Route and access decision for a prepared request; `roles` is `None` when nobody is
+/// signed in.
+pub fn decide(
+    prepared: Prepared,
+    roles: Option<&[String]>,
+    reached: &mut Reached,
+) -> Result<Admitted, RequestError> {
+    let route = policy::route(&prepared.tenant, &prepared.target.path)?;
     reached.route = Some(route.id.clone());
-    // Sign-in arrives with the accounts issue; until then nobody is authenticated.
-    policy::authorize(&route.access, None)?;
-
-    let index = tenant
+    policy::authorize(&route.access, roles)?;
+    let index = prepared
+        .tenant
         .routes
         .iter()
         .position(|r| std::ptr::eq(r, route))
         .ok_or(RequestError::Internal)?;
     Ok(Admitted {
-        tenant,
+        prepared,
         route: index,
-        host,
-        target,
     })
 }
 
@@ -195,6 +220,14 @@ max_header_bytes = 2048
         h
     }
 
+    fn admit(
+        rt: &Runtime,
+        req: &RequestFacts<'_>,
+        reached: &mut Reached,
+    ) -> Result<Admitted, RequestError> {
+        decide(prepare(rt, req, reached)?, None, reached)
+    }
+
     #[test]
     fn public_route_is_admitted_with_normalized_path() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -206,8 +239,26 @@ max_header_bytes = 2048
             &mut Reached::default(),
         )
         .expect("admitted");
-        assert_eq!(ok.target.path, "/docs/a");
+        assert_eq!(ok.prepared.target.path, "/docs/a");
         assert_eq!(ok.route().id, "pub");
+    }
+
+    #[test]
+    fn role_routes_need_the_role() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = runtime(dir.path());
+        let h = headers(&[("host", "acme.localhost")]);
+        let prepared = prepare(
+            &rt,
+            &facts(&h, b"/app", Some("acme.localhost")),
+            &mut Reached::default(),
+        )
+        .expect("prepared");
+        let roles = ["user".to_string()];
+        assert!(
+            decide(prepared, Some(&roles), &mut Reached::default()).is_ok(),
+            "app needs any signed-in user"
+        );
     }
 
     #[test]

@@ -15,17 +15,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::audit::{AuditEvent, EventKind, Outcome, OPERATOR_TENANT};
+use crate::auth::cookie;
+use crate::auth::flow::{self, AuthRequest};
+use crate::auth::session::Identity;
 use crate::error::RequestError;
 use crate::tls::HandshakeInfo;
 use crate::upstream::headers::{self, Forwarding};
-use admit::{Admitted, Reached, RequestFacts};
+use admit::{Admitted, Prepared, Reached, RequestFacts};
 use state::{Runtime, Shared};
 
 /// The gateway's `ProxyHttp` implementation.
@@ -38,6 +41,61 @@ impl Gateway {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+
+    /// Answer with an error page and end the request.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        err: RequestError,
+    ) -> pingora::Result<bool> {
+        let hsts = self.shared.runtime.load().hsts.clone();
+        respond::error(session, &err, &hsts).await?;
+        ctx.refused = Some(err);
+        Ok(true)
+    }
+
+    /// Serve `/.auth/…`: read the (small) body, let the auth flow answer.
+    async fn gateway_endpoint(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        prepared: &Prepared,
+    ) -> pingora::Result<bool> {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > flow::MAX_BODY {
+                return self.refuse(session, ctx, RequestError::BodyTooLarge).await;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let req = session.req_header();
+        let authority = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()))
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let auth_req = AuthRequest {
+            tenant: &prepared.tenant,
+            authority: &authority,
+            host: &prepared.host,
+            method: &req.method,
+            path: &prepared.target.path,
+            query: prepared.target.query.as_deref(),
+            headers: &req.headers,
+            body: body.freeze(),
+            client_ip: ctx.client,
+        };
+        let grace = self.shared.runtime.load().config.keys.jwt_grace.as_secs();
+        let auth = Arc::clone(&self.shared.auth);
+        let reply = auth.handle(&auth_req, || auth.jwks(grace)).await;
+        let hsts = self.shared.runtime.load().hsts.clone();
+        respond::reply(session, reply, &hsts).await?;
+        Ok(true)
+    }
 }
 
 /// Per-request state carried between phases.
@@ -48,6 +106,8 @@ pub struct Ctx {
     runtime: Option<Arc<Runtime>>,
     /// Set once the request is admitted.
     admitted: Option<Admitted>,
+    /// The signed-in caller, if any.
+    identity: Option<Identity>,
     /// How far a refused request got.
     reached: Reached,
     /// The client under the trusted-proxy rules.
@@ -68,7 +128,8 @@ impl ProxyHttp for Gateway {
         Ctx::default()
     }
 
-    /// Runs once the request header is read, before anything goes upstream.
+    /// Runs once the request header is read, before anything goes upstream; reads as the
+    /// flow: checks → gateway endpoints → authenticate → decide.
     /// `Ok(true)`: we answered and the request ends here; `Ok(false)`: proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let rt = self.shared.runtime.load_full();
@@ -90,16 +151,42 @@ impl ProxyHttp for Gateway {
             authority: authority.as_deref(),
             header_bytes: admit::header_bytes(req.method.as_str(), req.raw_path(), &req.headers),
         };
-        match admit::admit(&rt, &facts, &mut ctx.reached) {
+        let prepared = match admit::prepare(&rt, &facts, &mut ctx.reached) {
+            Ok(p) => p,
+            Err(err) => return self.refuse(session, ctx, err).await,
+        };
+        if prepared.is_gateway_endpoint() {
+            return self.gateway_endpoint(session, ctx, &prepared).await;
+        }
+
+        let identity = match self
+            .shared
+            .auth
+            .identity(&prepared.tenant, &session.req_header().headers, ctx.client)
+            .await
+        {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::error!("session lookup failed: {e}");
+                return self.refuse(session, ctx, RequestError::Unavailable).await;
+            }
+        };
+        let roles = identity.as_ref().map(|i| i.roles.as_slice());
+        match admit::decide(prepared.clone(), roles, &mut ctx.reached) {
             Ok(admitted) => {
                 ctx.admitted = Some(admitted);
+                ctx.identity = identity;
                 Ok(false)
             }
-            Err(err) => {
-                respond::error(session, &err, &rt.hsts).await?;
-                ctx.refused = Some(err);
+            Err(RequestError::Unauthenticated) => {
+                let json =
+                    respond::wants_json(session.req_header().headers.get(http::header::ACCEPT));
+                let answer = flow::login_redirect_to(&prepared.target.path_and_query(), json);
+                respond::reply(session, answer, &rt.hsts).await?;
+                ctx.refused = Some(RequestError::Unauthenticated);
                 Ok(true)
             }
+            Err(err) => self.refuse(session, ctx, err).await,
         }
     }
 
@@ -152,26 +239,62 @@ impl ProxyHttp for Gateway {
         let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
             return Error::e_explain(ErrorType::InternalError, "no admitted request");
         };
-        let uri: http::Uri = admitted.target.path_and_query().parse().map_err(|_| {
-            Error::explain(ErrorType::InternalError, "normalized target is not a URI")
-        })?;
+        let uri: http::Uri = admitted
+            .prepared
+            .target
+            .path_and_query()
+            .parse()
+            .map_err(|_| {
+                Error::explain(ErrorType::InternalError, "normalized target is not a URI")
+            })?;
         upstream_request.set_uri(uri);
         let Some(peer) = peer_ip(session) else {
             return Error::e_explain(ErrorType::InternalError, "no client address");
         };
+        let p = &admitted.prepared;
         headers::prepare(
             upstream_request,
             &Forwarding {
                 peer,
-                host: &admitted.host,
-                tenant: &admitted.tenant.id,
+                host: &p.host,
+                tenant: &p.tenant.id,
                 trusted: &rt.trusted,
                 is_upgrade: session.is_upgrade_req(),
             },
         )
         .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
         // HTTP/2 clients send `:authority`, not Host; an HTTP/1 upstream needs Host.
-        upstream_request.insert_header(http::header::HOST, admitted.host.as_str())?;
+        upstream_request.insert_header(http::header::HOST, p.host.as_str())?;
+        // The session token is a bearer credential for the gateway only.
+        match cookie::without_gateway_cookies(&upstream_request.headers) {
+            Some(kept) => upstream_request.insert_header(http::header::COOKIE, kept)?,
+            None => {
+                upstream_request.remove_header(&http::header::COOKIE);
+            }
+        }
+        if let Some(identity) = &ctx.identity {
+            // Set after `headers::prepare`, which strips every inbound `X-Portcullis-*`.
+            let token = self
+                .shared
+                .auth
+                .upstream_token(
+                    identity,
+                    &p.tenant,
+                    &admitted.route().id,
+                    &p.host,
+                    rt.config.keys.jwt_ttl.as_secs(),
+                )
+                .map_err(|e| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        format!("cannot sign identity: {e}"),
+                    )
+                })?;
+            upstream_request
+                .insert_header("X-Portcullis-User", identity.session.username.as_str())?;
+            upstream_request.insert_header("X-Portcullis-Roles", identity.roles.join(","))?;
+            upstream_request.insert_header("X-Portcullis-Jwt", token)?;
+        }
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -185,7 +308,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         if let (Some(sent), Some(admitted)) = (ctx.upstream_sent, &ctx.admitted) {
             self.shared.metrics.upstream_latency(
-                &admitted.tenant.id,
+                &admitted.prepared.tenant.id,
                 &admitted.route().id,
                 sent.elapsed().as_secs_f64(),
             );
@@ -248,7 +371,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let (tenant, route) = match &ctx.admitted {
-            Some(a) => (a.tenant.id.as_str(), a.route().id.as_str()),
+            Some(a) => (a.prepared.tenant.id.as_str(), a.route().id.as_str()),
             None => (
                 ctx.reached.tenant.as_ref().map_or("-", |t| t.id.as_str()),
                 ctx.reached.route.as_deref().unwrap_or("-"),
@@ -288,7 +411,10 @@ impl ProxyHttp for Gateway {
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
         let req = session.req_header();
         match &ctx.admitted {
-            Some(a) => format!("{} {} {}", req.method, a.host, a.target.path),
+            Some(a) => format!(
+                "{} {} {}",
+                req.method, a.prepared.host, a.prepared.target.path
+            ),
             None => format!("{} (not admitted)", req.method),
         }
     }
@@ -309,7 +435,8 @@ fn audit_kind(err: &RequestError) -> Option<EventKind> {
         | RequestError::NoRoute
         | RequestError::UpstreamUnavailable
         | RequestError::UpstreamTimeout
-        | RequestError::Internal => None,
+        | RequestError::Internal
+        | RequestError::Unavailable => None,
     }
 }
 

@@ -6,6 +6,7 @@ use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use crate::auth::reply::Reply;
 use crate::error::RequestError;
 
 /// Whether the client asked for JSON (API clients) rather than a page.
@@ -60,6 +61,18 @@ pub async fn error(
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// Write a gateway endpoint's reply, with HSTS.
+pub async fn reply(session: &mut Session, reply: Reply, hsts: &HeaderValue) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 3))?;
+    for (name, value) in reply.headers {
+        resp.append_header(name, value)?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len().to_string())?;
+    resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(reply.body), true).await
 }
 
 #[cfg(test)]

@@ -14,12 +14,16 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
 use crate::audit::{AuditSink, DEFAULT_QUEUE_CAPACITY};
-use crate::clock::SystemClock;
+use crate::auth::flow::Auth;
+use crate::auth::jwt::{JwtError, Keyring};
+use crate::auth::password::Hasher;
+use crate::clock::{Clock, SystemClock};
 use crate::config::ConfigErrors;
 use crate::gateway::redirect::RedirectApp;
 use crate::gateway::reload::Reloader;
 use crate::gateway::state::{ConfigSource, Runtime, Shared};
 use crate::gateway::Gateway;
+use crate::keys::{KeyError, MasterKey, Sealer};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::tls::{crypto, HandshakeObserver, SniResolver};
@@ -44,6 +48,15 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open store: {0}")]
     Store(#[from] store::StoreError),
+    /// The master key is missing or unusable.
+    #[error("master key: {0}")]
+    Key(#[from] KeyError),
+    /// The upstream-JWT signing keys are missing or unusable.
+    #[error("JWT signing keys: {0}")]
+    Jwt(#[from] JwtError),
+    /// The password hasher could not be set up.
+    #[error("password hasher: {0}")]
+    Hasher(crate::auth::password::PasswordError),
     /// The audit writer could not be started.
     #[error("cannot start audit writer: {0}")]
     Audit(std::io::Error),
@@ -68,8 +81,23 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
         drop(bind(addr)?);
     }
 
+    let master = MasterKey::load(&config.keys.master_key)?;
+    let sealer = Sealer::new(&master);
+    let keyring = Keyring::load(&config.keys.jwt_keys, &sealer)?;
     let store = store::open(&config.server.store)?;
-    let audit = AuditSink::start(store, DEFAULT_QUEUE_CAPACITY).map_err(StartError::Audit)?;
+    let audit =
+        AuditSink::start(store.clone(), DEFAULT_QUEUE_CAPACITY).map_err(StartError::Audit)?;
+    // Each argon2id hash holds 19 MiB: at most one per core at a time, so a login flood can
+    // neither starve proxying of CPU nor memory.
+    let hasher = Hasher::new(config.server.threads.max(1)).map_err(StartError::Hasher)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let auth = Arc::new(Auth::new(
+        store,
+        hasher,
+        keyring,
+        audit.clone(),
+        Arc::clone(&clock),
+    ));
     let metrics = Arc::new(Metrics::new()?);
     let resolver = Arc::new(SniResolver::default());
     resolver.replace(&config.certificates);
@@ -79,7 +107,9 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
         resolver: Arc::clone(&resolver),
         metrics: Arc::clone(&metrics),
         audit,
-        clock: Arc::new(SystemClock),
+        auth,
+        sealer,
+        clock,
     });
 
     let mut conf = ServerConf {

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use crate::audit::AuditSink;
+use crate::auth::flow::Auth;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
@@ -80,7 +81,6 @@ impl Runtime {
 }
 
 /// State shared by the data plane, the operator listener and the reloader.
-#[derive(Debug)]
 pub struct Shared {
     /// The configuration in force.
     pub runtime: ArcSwap<Runtime>,
@@ -92,6 +92,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The audit trail.
     pub audit: AuditSink,
+    /// Sign-in, sessions and upstream identity.
+    pub auth: Arc<Auth>,
+    /// Seals and opens secrets at rest (the signing keys are re-read on reload).
+    pub sealer: crate::keys::Sealer,
     /// Wall-clock time.
     pub clock: Arc<dyn Clock>,
 }

@@ -54,6 +54,8 @@ mod tests {
             display_name: "T".into(),
             hosts: vec![],
             routes,
+            session: Default::default(),
+            password: Default::default(),
             source: "t.toml".into(),
         }
     }
