@@ -408,7 +408,16 @@ mod tests {
                 "config_reloaded",
                 "config_rejected",
                 "request_denied",
-                "bad_request_rejected"
+                "bad_request_rejected",
+                "login_succeeded",
+                "login_failed",
+                "logout",
+                "session_expired",
+                "session_revoked",
+                "password_changed",
+                "user_created",
+                "user_disabled",
+                "user_enabled",
             ]
         );
         for kind in EventKind::ALL {
