@@ -32,6 +32,8 @@ pub mod tls;
 
 pub mod tenant;
 
+pub mod ratelimit;
+
 pub mod request;
 
 pub mod auth;

@@ -20,20 +20,26 @@ fn assert_one_line_failure(out: &CmdOutput, what: &str) {
 
 #[test]
 fn every_command_has_help() {
+    // Walk the command tree from `--help`, so commands added later are covered too.
     let mut failures = Vec::new();
-    for args in [
-        vec!["--help"],
-        vec!["serve", "--help"],
-        vec!["check", "--help"],
-        vec!["demo", "--help"],
-        vec!["dev-certs", "--help"],
-        vec!["echo-backend", "--help"],
-    ] {
+    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
         let out = run_cli(&args);
+        seen += 1;
         if out.code != Some(0) || !out.stdout.contains("Usage") {
             failures.push(format!("portcullis {}: {out}", args.join(" ")));
+            continue;
+        }
+        for sub in help_commands(&out.stdout) {
+            let mut next = path.clone();
+            next.push(sub);
+            pending.push(next);
         }
     }
+    assert!(seen >= 6, "only {seen} commands found in --help");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -66,18 +72,25 @@ fn unknown_command_fails_with_one_line() {
 }
 
 #[test]
-fn missing_config_file_fails_with_one_line() {
+fn missing_config_file_fails_with_one_error_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nope.toml");
     let missing = missing.to_string_lossy();
-    assert_one_line_failure(
-        &run_cli(&["check", "--config", &missing]),
-        "check with a missing config",
-    );
-    assert_one_line_failure(
-        &run_cli(&["serve", "--config", &missing]),
-        "serve with a missing config",
-    );
+    for command in ["check", "serve"] {
+        let out = run_cli(&[command, "--config", &missing]);
+        // Config problems may be listed one per line before the one `error:` line.
+        assert_eq!(out.code, Some(1), "{command} with a missing config\n{out}");
+        let errors = out
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("error:"))
+            .count();
+        assert_eq!(errors, 1, "{command}: one `error:` line\n{out}");
+        assert!(
+            out.stderr.contains("nope.toml"),
+            "{command}: the missing file must be named\n{out}"
+        );
+    }
 }
 
 #[test]

@@ -28,6 +28,7 @@ async fn metrics_count_requests_by_tenant_route_and_status() {
     ] {
         let resp = client
             .get(gw.url(host, path))
+            .header("accept", "application/json")
             .send()
             .await
             .expect("request");

@@ -207,6 +207,13 @@ async fn reload_under_load_drops_nothing() {
     for t in tasks {
         t.await.expect("load task");
     }
+    // Six rewrites 400 ms apart with a 200 ms poll: several swaps happened under load.
+    let reloads: f64 = gw
+        .metrics()
+        .iter()
+        .filter(|s| s.name == "portcullis_config_reloads_total")
+        .map(|s| s.value)
+        .sum();
 
     let failures = failures.lock().expect("failures").clone();
     let served = ok.load(Ordering::SeqCst);
@@ -220,6 +227,11 @@ async fn reload_under_load_drops_nothing() {
     assert!(
         served >= 40,
         "only {served} requests in 3 s: the load was not real"
+    );
+    assert!(
+        reloads >= 3.0,
+        "only {reloads} reloads during the load window; logs:\n{}",
+        gw.logs()
     );
     assert!(
         wait_for_status(&gw, "globex.localhost", &format!("/extra-{last}"), 200).await,

@@ -151,7 +151,7 @@ async fn longest_prefix_route_wins() {
         ("/api/x", 200),
         ("/api", 200),
     ] {
-        let resp = gw.raw_get("acme.localhost", path, &[]).await;
+        let resp = gw.raw_get("acme.localhost", path, &[ACCEPT_JSON]).await;
         if resp.status != expected {
             failures.push(format!(
                 "acme {path}: expected {expected}, got {}",
@@ -185,7 +185,7 @@ async fn prefixes_match_whole_segments_only() {
         ("acme.localhost", "/administrator", 200),
         ("acme.localhost", "/admin/users", 401),
     ] {
-        let resp = gw.raw_get(host, path, &[]).await;
+        let resp = gw.raw_get(host, path, &[ACCEPT_JSON]).await;
         if resp.status != expected {
             failures.push(format!(
                 "{host} {path}: expected {expected}, got {}",
@@ -208,8 +208,13 @@ async fn authenticated_route_is_not_forwarded() {
     .enumerate()
     {
         let marker = format!("authn-{i}");
-        let resp = gw.raw_get(host, path, &[&probe(&marker)]).await;
-        assert_eq!(resp.status, 401, "{host}{path} without a session");
+        let resp = gw
+            .raw_get(host, path, &[&probe(&marker), ACCEPT_JSON])
+            .await;
+        assert_eq!(
+            resp.status, 401,
+            "{host}{path} without a session (API client)"
+        );
         assert!(
             resp.echo().is_none(),
             "{host}{path}: got the backend's answer"
@@ -227,11 +232,52 @@ async fn roles_route_is_not_forwarded() {
             .raw_get(
                 "acme.localhost",
                 path,
-                &[&probe(&marker), "X-Portcullis-Roles: admin"],
+                &[&probe(&marker), "X-Portcullis-Roles: admin", ACCEPT_JSON],
             )
             .await;
-        assert_eq!(resp.status, 401, "{path} without a session");
+        assert_eq!(resp.status, 401, "{path} without a session (API client)");
         assert!(resp.echo().is_none(), "{path}: got the backend's answer");
+        assert_not_forwarded(&gw, &marker, path);
+    }
+}
+
+#[tokio::test]
+async fn browser_without_session_is_challenged_and_not_forwarded() {
+    let gw = Gateway::start_default();
+    for (i, (host, path)) in [
+        ("acme.localhost", "/app/x?y=1"),
+        ("acme.localhost", "/admin"),
+        ("globex.localhost", "/app"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("browser-{i}");
+        let resp = gw
+            .raw_get(
+                host,
+                path,
+                &[&probe(&marker), "Accept: text/html,*/*;q=0.8"],
+            )
+            .await;
+        assert!(
+            is_browser_login_challenge(resp.status, resp.header("location"), host),
+            "{host}{path}: expected a 401 page or a 302 to this host's /.auth/login, got {} \
+             location={:?}",
+            resp.status,
+            resp.header("location")
+        );
+        if resp.status == 401 {
+            assert!(
+                resp.header("content-type")
+                    .is_some_and(|c| c.starts_with("text/html")),
+                "{host}{path}: a browser's 401 must be an HTML page"
+            );
+        }
+        assert!(
+            resp.echo().is_none(),
+            "{host}{path}: got the backend's answer"
+        );
         assert_not_forwarded(&gw, &marker, path);
     }
 }
@@ -284,9 +330,9 @@ async fn browser_gets_html_error_pages() {
     let client = gw.client();
     let mut failures = Vec::new();
     for (host, path, status) in [
-        ("acme.localhost", "/app", 401),
         ("globex.localhost", "/no-route", 404),
         ("acme.localhost", "/dead", 502),
+        ("acme.localhost", "/slow", 504),
     ] {
         let resp = client
             .get(gw.url(host, path))

@@ -27,6 +27,8 @@ pub struct RequestFacts<'a> {
     pub authority: Option<&'a str>,
     /// Size of the request line and header block in bytes.
     pub header_bytes: usize,
+    /// The HTTP/1 header block as received (for what the parser hides).
+    pub raw_header: Option<&'a [u8]>,
 }
 
 /// A request that passed the checks every request gets, before identity and routing.
@@ -88,6 +90,9 @@ pub fn prepare(
         Version::HTTP_10 | Version::HTTP_11 | Version::HTTP_09
     ) {
         framing::check(req.headers, req.version)?;
+        if let Some(raw) = req.raw_header {
+            framing::check_raw(raw, req.headers)?;
+        }
     }
 
     let host = tenant::request_host(
@@ -209,6 +214,7 @@ max_header_bytes = 2048
             raw_target: target,
             authority: None,
             header_bytes: header_bytes("GET", target, headers),
+            raw_header: None,
         }
     }
 

@@ -143,6 +143,10 @@ impl ProxyHttp for Gateway {
             .and_then(|s| s.extension.get::<HandshakeInfo>())
             .and_then(|h| h.sni.clone());
         let authority = req.uri.authority().map(|a| a.as_str().to_string());
+        let raw_header = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
         let facts = RequestFacts {
             sni: sni.as_deref(),
             version: req.version,
@@ -150,6 +154,7 @@ impl ProxyHttp for Gateway {
             raw_target: req.raw_path(),
             authority: authority.as_deref(),
             header_bytes: admit::header_bytes(req.method.as_str(), req.raw_path(), &req.headers),
+            raw_header: raw_header.as_deref(),
         };
         let prepared = match admit::prepare(&rt, &facts, &mut ctx.reached) {
             Ok(p) => p,

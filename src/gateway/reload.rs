@@ -27,6 +27,8 @@ const TICK: Duration = Duration::from_millis(100);
 pub struct Reloader {
     shared: Arc<Shared>,
     hangup: Arc<AtomicBool>,
+    /// What the files looked like when the configuration in force was read.
+    initial: [u8; 32],
 }
 
 impl Reloader {
@@ -39,7 +41,13 @@ impl Reloader {
         {
             tracing::error!("cannot watch SIGHUP, reload on file change only: {e}");
         }
-        Self { shared, hangup }
+        // Taken now, before anything serves, so an edit made right after start-up is seen.
+        let initial = fingerprint(&shared);
+        Self {
+            shared,
+            hangup,
+            initial,
+        }
     }
 }
 
@@ -128,12 +136,7 @@ fn fixed_settings_unchanged(old: &Config, new: &Config) -> Result<(), String> {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut last = {
-            let shared = Arc::clone(&self.shared);
-            tokio::task::spawn_blocking(move || fingerprint(&shared))
-                .await
-                .unwrap_or_default()
-        };
+        let mut last = self.initial;
         let mut last_poll = Instant::now();
         loop {
             tokio::select! {

@@ -51,6 +51,26 @@ impl FramingError {
     }
 }
 
+/// Checks on the raw header block, for what the parser hides: pingora 0.9.1 drops
+/// `Content-Length` when `Transfer-Encoding` is also present (RFC 9112 §6.3 lets a proxy do so),
+/// but this gateway rejects the combination (RFC 9112 §6.1, §11.2), so it counts the
+/// `Content-Length` lines as received.
+pub fn check_raw(raw_header: &[u8], headers: &HeaderMap) -> Result<(), FramingError> {
+    let content_lengths = raw_header
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| line.split(|&b| b == b':').next())
+        .filter(|name| trim_ows(name).eq_ignore_ascii_case(b"content-length"))
+        .count();
+    if content_lengths > 1 {
+        return Err(FramingError::DuplicateContentLength);
+    }
+    if content_lengths == 1 && headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(FramingError::ContentLengthWithTransferEncoding);
+    }
+    Ok(())
+}
+
 /// RFC 9112 §6.1 / §6.3 checks on an HTTP/1.x request's headers.
 ///
 /// Pass the `http::HeaderMap` of pingora's `RequestHeader` (it derefs to one) and its version.
@@ -123,6 +143,36 @@ fn trim_ows(value: &[u8]) -> &[u8] {
         .rposition(|b| !is_ows(b))
         .map_or(start, |i| i + 1);
     &value[start..end]
+}
+
+#[cfg(test)]
+mod raw_tests {
+    use super::*;
+
+    #[test]
+    fn content_length_hidden_by_the_parser_is_still_rejected_with_te() {
+        let mut parsed = HeaderMap::new();
+        parsed.insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            check_raw(raw, &parsed),
+            Err(FramingError::ContentLengthWithTransferEncoding)
+        );
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            check_raw(raw, &HeaderMap::new()),
+            Err(FramingError::DuplicateContentLength)
+        );
+        let raw = b"GET /content-length: HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            check_raw(raw, &parsed),
+            Ok(()),
+            "the request line is not a header"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -259,6 +259,11 @@ fn normalize_segment(segment: &str) -> Result<String, TargetError> {
                 };
                 match (hi << 4) | lo {
                     0x00 => return Err(TargetError::Nul),
+                    // pingora re-encodes raw control bytes in the request line before any
+                    // filter runs, so an encoded control character may have arrived raw: no
+                    // path needs one, and backends that decode them disagree on what they
+                    // mean (CRLF injection into logs and redirects).
+                    0x01..=0x1f | 0x7f => return Err(TargetError::ControlChar),
                     // RFC 3986 §2.2: an escaped delimiter is data, not a separator, but many
                     // backends decode before splitting.
                     b'/' | b'\\' => return Err(TargetError::EncodedSlash),
@@ -422,6 +427,10 @@ mod tests {
     #[test]
     fn encoded_nul_is_rejected() {
         assert_refused(&["/a%00", "/a%00.html", "/%00/b"], TargetError::Nul);
+        assert_refused(
+            &["/a%0d%0aSet-Cookie:x", "/a%09b", "/a%7Fb", "/a%1f"],
+            TargetError::ControlChar,
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,35 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
+}
+
+/// The subcommands `portcullis --help` lists.
+pub fn binary_commands() -> &'static [String] {
+    static COMMANDS: OnceLock<Vec<String>> = OnceLock::new();
+    COMMANDS.get_or_init(|| {
+        let out = Command::new(BIN)
+            .arg("--help")
+            .output()
+            .expect("run portcullis --help");
+        help_commands(&String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Whether the binary has the subcommand `name` (key files arrived with `keygen`).
+pub fn binary_has_command(name: &str) -> bool {
+    binary_commands().iter().any(|c| c == name)
+}
+
+/// The command names in the `Commands:` section of clap help text (without `help`).
+pub fn help_commands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
@@ -184,6 +213,23 @@ impl Site {
         assert!(
             out.status.success(),
             "portcullis dev-certs failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `portcullis keygen`: the master key and JWT signing keys `serve` needs.
+    pub fn make_keys(&self) {
+        let out = Command::new(BIN)
+            .arg("keygen")
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(self.root())
+            .output()
+            .expect("run portcullis keygen");
+        assert!(
+            out.status.success(),
+            "portcullis keygen failed: {}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -492,6 +538,9 @@ impl Gateway {
             });
         }
 
+        if binary_has_command("keygen") {
+            site.make_keys();
+        }
         let gateway = Command::new(BIN)
             .arg("serve")
             .arg("--config")
@@ -522,9 +571,18 @@ impl Gateway {
                 StartError::Fatal(format!("portcullis serve exited ({status}):\n{logs}"))
             });
         }
-        if !ready {
+        // /readyz means "config loaded"; pingora may bind its listeners a moment later.
+        let ports = gw.site.ports;
+        let listening = ready
+            && poll_until(WAIT, || {
+                TcpStream::connect(("127.0.0.1", ports.https)).is_ok()
+                    && ports
+                        .redirect
+                        .is_none_or(|r| TcpStream::connect(("127.0.0.1", r)).is_ok())
+            });
+        if !listening {
             return Err(StartError::Fatal(format!(
-                "portcullis serve not ready within {WAIT:?}:\n{}",
+                "portcullis serve not ready within {WAIT:?} (readyz={ready}):\n{}",
                 gw.logs()
             )));
         }
@@ -1022,6 +1080,30 @@ pub fn request_bytes(
     out
 }
 
+/// The header that makes the gateway answer an unauthenticated request with 401 JSON (API
+/// client) rather than a browser redirect to the login page.
+pub const ACCEPT_JSON: &str = "Accept: application/json";
+
+/// Whether `resp` is how a browser without a session must be turned away from a protected
+/// route: a 401 page (before login existed, issue 2) or a 302 to the same host's login page
+/// (DESIGN: "Unauthenticated browser requests get 302 to login with a same-host return_to").
+pub fn is_browser_login_challenge(resp_status: u16, location: Option<&str>, host: &str) -> bool {
+    match resp_status {
+        401 => true,
+        302 => location.is_some_and(|l| {
+            l.starts_with("/.auth/login")
+                || l.strip_prefix("https://")
+                    .and_then(|rest| rest.strip_prefix(host))
+                    .is_some_and(|rest| {
+                        let rest =
+                            rest.trim_start_matches(|c: char| c == ':' || c.is_ascii_digit());
+                        rest.starts_with("/.auth/login")
+                    })
+        }),
+        _ => false,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1 response parsing
 // ---------------------------------------------------------------------------------------------
@@ -1265,23 +1347,32 @@ pub struct Handshake {
 impl Handshake {
     fn parse(output: String) -> Handshake {
         let mut cipher = String::from("(NONE)");
-        let mut protocol = String::new();
+        // `New, <version>, Cipher is X` names the version the suite was defined in (TLSv1.0
+        // for SHA-1 CBC suites); the session block names the negotiated one but is printed
+        // for TLS 1.3 only once a ticket arrived. Prefer the session block.
+        let mut suite_version = String::new();
+        let mut session_version = None;
         let mut alpn = None;
         for line in output.lines() {
             let t = line.trim();
             if t.starts_with("New, ") || t.starts_with("Reused, ") {
+                let mut parts = t.splitn(3, ", ");
+                parts.next();
+                if let Some(v) = parts.next() {
+                    suite_version = v.trim().to_string();
+                }
                 if let Some((_, c)) = t.split_once("Cipher is ") {
                     cipher = c.trim().to_string();
                 }
             } else if let Some(p) = t.strip_prefix("Protocol  :") {
-                protocol = p.trim().to_string();
+                session_version = Some(p.trim().to_string());
             } else if let Some(p) = t.strip_prefix("ALPN protocol:") {
                 alpn = Some(p.trim().to_string());
             }
         }
         Handshake {
             established: cipher != "(NONE)",
-            protocol,
+            protocol: session_version.unwrap_or(suite_version),
             cipher,
             alpn,
             output,
