@@ -46,6 +46,9 @@ pub enum RequestError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The client is over its request budget.
+    #[error("too many requests")]
+    RateLimited,
     /// A dependency (the store) is unavailable; the request is refused, never let through.
     #[error("temporarily unavailable")]
     Unavailable,
@@ -64,6 +67,7 @@ impl RequestError {
             Self::UnknownHost | Self::NoRoute => 404,
             Self::BodyTooLarge => 413,
             Self::Misdirected => 421,
+            Self::RateLimited => 429,
             Self::HeadersTooLarge => 431,
             Self::Internal => 500,
             Self::Unavailable => 503,
@@ -90,6 +94,7 @@ impl RequestError {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "internal_error",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "too_many_requests",
         }
     }
 
@@ -118,6 +123,7 @@ impl RequestError {
             Self::UpstreamUnavailable => "The application is not reachable right now.",
             Self::UpstreamTimeout => "The application took too long to answer.",
             Self::Internal => "Something went wrong; the request was not forwarded.",
+            Self::RateLimited => "Too many requests. Please slow down and try again shortly.",
             Self::Unavailable => "This service is unavailable right now. Please try again shortly.",
         }
     }
@@ -137,6 +143,7 @@ mod tests {
             (RequestError::NoRoute, 404),
             (RequestError::BodyTooLarge, 413),
             (RequestError::Misdirected, 421),
+            (RequestError::RateLimited, 429),
             (RequestError::HeadersTooLarge, 431),
             (RequestError::Internal, 500),
             (RequestError::Unavailable, 503),

@@ -12,6 +12,7 @@ pub struct Metrics {
     upstream_latency: HistogramVec,
     tls_handshakes: IntCounterVec,
     config_reloads: IntCounterVec,
+    login_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,6 +51,14 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let login_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_login_limiter_decisions_total",
+                "Brute-force limiter decisions on credential checks.",
+            ),
+            &["decision"],
+        )?;
+        registry.register(Box::new(login_decisions.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(tls_handshakes.clone()))?;
@@ -60,6 +69,7 @@ impl Metrics {
             upstream_latency,
             tls_handshakes,
             config_reloads,
+            login_decisions,
         })
     }
 
@@ -88,6 +98,12 @@ impl Metrics {
     /// Count one reload attempt (`applied` or `rejected`).
     pub fn config_reload(&self, result: &str) {
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Count one limiter decision (`allowed`, a throttle reason, `unavailable`, or a
+    /// request-rate refusal).
+    pub fn limiter_decision(&self, decision: &str) {
+        self.login_decisions.with_label_values(&[decision]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

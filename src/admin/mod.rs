@@ -1,6 +1,6 @@
-//! The operator listener (hyper, default 127.0.0.1:9090): health, readiness and metrics.
-//! It is a separate listener from the data plane so it is never reachable through a tenant
-//! host.
+//! The operator listener (hyper, default 127.0.0.1:9090): health, readiness and metrics, and
+//! the bearer-token operator API under `/v1/`. It is a separate listener from the data plane
+//! so it is never reachable through a tenant host.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,23 +16,123 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Mutex;
 
+use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::gateway::state::Shared;
+use crate::keys::token::TokenDigest;
 
 /// Serves `/healthz`, `/readyz` and `/metrics`.
 pub struct AdminService {
     shared: Arc<Shared>,
     listener: Mutex<Option<std::net::TcpListener>>,
+    token: Option<TokenDigest>,
 }
 
 impl AdminService {
     /// An operator service on an already-bound listener (bound at start-up, so a taken port
     /// is reported before anything runs).
     pub fn new(shared: Arc<Shared>, listener: std::net::TcpListener) -> Self {
+        let file = shared.runtime.load().config.admin.token_file.clone();
+        let token = match TokenDigest::load(&file) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("operator API off: {e}");
+                None
+            }
+        };
         Self {
             shared,
             listener: Mutex::new(Some(listener)),
+            token,
         }
     }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Answer one `/v1/…` operator API request (bearer token checked by the caller).
+async fn api(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        (&Method::POST, ["v1", "tenants", tenant, "users", user, "unlock"]) => {
+            let known = shared
+                .runtime
+                .load()
+                .config
+                .tenants
+                .iter()
+                .any(|t| t.id == *tenant);
+            if !known {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({ "error": "unknown_tenant" }),
+                );
+            }
+            match shared.auth.limiter.unlock(tenant, user).await {
+                Ok(was_locked) => {
+                    shared.audit.record(AuditEvent {
+                        actor: Some("operator-api".into()),
+                        subject: Some((*user).to_string()),
+                        reason: Some(
+                            if was_locked {
+                                "was_locked"
+                            } else {
+                                "was_not_locked"
+                            }
+                            .into(),
+                        ),
+                        ..AuditEvent::new(
+                            shared.clock.now_utc(),
+                            (*tenant).to_string(),
+                            EventKind::AccountUnlocked,
+                            Outcome::Success,
+                        )
+                    });
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "unlocked": true, "was_locked": was_locked }),
+                    )
+                }
+                Err(e) => {
+                    tracing::error!("unlock failed: {e}");
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({ "error": "limiter_unavailable" }),
+                    )
+                }
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": "not_found" }),
+        ),
+    }
+}
+
+/// The bearer token of a request, if it sent one.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 /// Answer one operator request.
@@ -99,10 +199,37 @@ impl BackgroundService for AdminService {
             };
             let Ok((stream, _)) = accepted else { continue };
             let shared = Arc::clone(&self.shared);
+            let token = self.token.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let resp = handle(&shared, req.method(), req.uri().path());
-                    async move { Ok::<_, Infallible>(resp) }
+                    let shared = Arc::clone(&shared);
+                    let token = token.clone();
+                    async move {
+                        let path = req.uri().path();
+                        let resp = if path.starts_with("/v1/") {
+                            match (&token, bearer(req.headers())) {
+                                (None, _) => text(
+                                    StatusCode::NOT_FOUND,
+                                    "operator API off: no token file (run portcullis keygen)\n",
+                                ),
+                                (Some(t), Some(presented)) if t.matches(presented) => {
+                                    api(&shared, req.method(), path).await
+                                }
+                                _ => {
+                                    let mut r =
+                                        text(StatusCode::UNAUTHORIZED, "bearer token required\n");
+                                    r.headers_mut().insert(
+                                        http::header::WWW_AUTHENTICATE,
+                                        http::HeaderValue::from_static("Bearer"),
+                                    );
+                                    r
+                                }
+                            }
+                        } else {
+                            handle(&shared, req.method(), path)
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);

@@ -66,11 +66,17 @@ pub enum EventKind {
     UserDisabled,
     /// An account was enabled again.
     UserEnabled,
+    /// A sign-in attempt was refused by the brute-force limiter before any password check.
+    LoginThrottled,
+    /// An account reached the consecutive-failure cap and is locked until an operator unlocks it.
+    AccountLocked,
+    /// An operator unlocked an account.
+    AccountUnlocked,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::ConfigReloaded,
         EventKind::ConfigRejected,
         EventKind::RequestDenied,
@@ -84,6 +90,9 @@ impl EventKind {
         EventKind::UserCreated,
         EventKind::UserDisabled,
         EventKind::UserEnabled,
+        EventKind::LoginThrottled,
+        EventKind::AccountLocked,
+        EventKind::AccountUnlocked,
     ];
 
     /// The stable snake_case name (same as the serde name).
@@ -102,6 +111,9 @@ impl EventKind {
             EventKind::UserCreated => "user_created",
             EventKind::UserDisabled => "user_disabled",
             EventKind::UserEnabled => "user_enabled",
+            EventKind::LoginThrottled => "login_throttled",
+            EventKind::AccountLocked => "account_locked",
+            EventKind::AccountUnlocked => "account_unlocked",
         }
     }
 }
@@ -418,6 +430,9 @@ mod tests {
                 "user_created",
                 "user_disabled",
                 "user_enabled",
+                "login_throttled",
+                "account_locked",
+                "account_unlocked",
             ]
         );
         for kind in EventKind::ALL {

@@ -18,7 +18,7 @@
 //! users and wrong passwords get the same answer after the same work: a dummy hash is
 //! verified when there is no real one (OWASP ASVS 2.2.x, CWE-204/208).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,6 +36,8 @@ use super::session::{new_token, Identity, Lookup, Sessions};
 use crate::audit::{AuditEvent, AuditSink, EventKind, Outcome};
 use crate::clock::Clock;
 use crate::config::Tenant;
+use crate::metrics::Metrics;
+use crate::ratelimit::{retry_after_secs, Decision, Limiter, Ticket};
 use crate::store::{Session, Stage, Store, StoreError};
 
 use super::jwt::{self, Claims, JwtError, Keyring, TokenCache};
@@ -199,25 +201,125 @@ pub struct Auth {
     /// Upstream-JWT signing keys; replaced on reload.
     pub keyring: ArcSwap<Keyring>,
     tokens: TokenCache,
+    /// Brute-force budgets for every credential check.
+    pub limiter: Arc<dyn Limiter>,
+    metrics: Arc<Metrics>,
+}
+
+/// The pieces [`Auth`] is built from.
+pub struct AuthParts {
+    /// Accounts, sessions, audit.
+    pub store: Arc<dyn Store>,
+    /// Bounded password hashing.
+    pub hasher: Hasher,
+    /// Upstream-JWT signing keys.
+    pub keyring: Keyring,
+    /// Brute-force budgets.
+    pub limiter: Arc<dyn Limiter>,
+    /// The audit trail.
+    pub audit: AuditSink,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What the brute-force limiter said about a credential check.
+enum Gate {
+    /// Go ahead and check; report the result with the ticket.
+    Check(Ticket),
+    /// Refused before any hashing; answer this.
+    Refused(Reply),
 }
 
 impl Auth {
-    /// The service over a store; `hasher` bounds concurrent password hashing.
-    pub fn new(
-        store: Arc<dyn Store>,
-        hasher: Hasher,
-        keyring: Keyring,
-        audit: AuditSink,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    /// The service built from its parts.
+    pub fn new(parts: AuthParts) -> Self {
         Self {
-            sessions: Arc::new(Sessions::new(Arc::clone(&store))),
-            store,
-            hasher,
-            audit,
-            clock,
-            keyring: ArcSwap::from_pointee(keyring),
+            sessions: Arc::new(Sessions::new(Arc::clone(&parts.store))),
+            store: parts.store,
+            hasher: parts.hasher,
+            audit: parts.audit,
+            clock: parts.clock,
+            keyring: ArcSwap::from_pointee(parts.keyring),
             tokens: TokenCache::default(),
+            limiter: parts.limiter,
+            metrics: parts.metrics,
+        }
+    }
+
+    /// Ask the limiter before checking a credential of `account` (answered before any
+    /// hashing: a throttled attempt costs nothing). Fails closed when the limiter's store is
+    /// unreachable.
+    async fn gate(&self, req: &AuthRequest<'_>, account: &str) -> Gate {
+        // A request with no client address shares one budget rather than escaping them all.
+        let ip = req.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        match self
+            .limiter
+            .begin(ip, &req.tenant.id, account, self.clock.now())
+            .await
+        {
+            Ok(Decision::Allowed(ticket)) => {
+                self.metrics.limiter_decision("allowed");
+                Gate::Check(ticket)
+            }
+            Ok(Decision::Throttled {
+                retry_after,
+                reason,
+            }) => {
+                self.metrics.limiter_decision(reason.as_str());
+                self.audit(
+                    req,
+                    EventKind::LoginThrottled,
+                    Outcome::Denied,
+                    Some(account),
+                    Some(reason.as_str()),
+                );
+                let secs = retry_after_secs(retry_after);
+                let mut reply = if req.wants_json() {
+                    Reply::json(
+                        429,
+                        &serde_json::json!({ "error": "too_many_attempts", "status": 429, "retry_after": secs }),
+                    )
+                } else {
+                    // The same words as a wrong password: throttling reveals nothing more.
+                    let return_to = "/";
+                    self.login_page(req, return_to, Some((account, BAD_LOGIN)), 429)
+                };
+                reply.push(http::header::RETRY_AFTER, &secs.to_string());
+                Gate::Refused(reply)
+            }
+            Err(e) => {
+                self.metrics.limiter_decision("unavailable");
+                tracing::error!("login limiter unavailable, refusing sign-in: {e}");
+                Gate::Refused(error_reply(
+                    req,
+                    503,
+                    "unavailable",
+                    "Sign-in is temporarily unavailable. Please try again in a moment.",
+                ))
+            }
+        }
+    }
+
+    /// Report a checked credential to the limiter.
+    async fn settle(&self, req: &AuthRequest<'_>, ticket: Ticket, account: &str, ok: bool) {
+        if ok {
+            if let Err(e) = self.limiter.success(ticket, self.clock.now()).await {
+                // The attempt stays counted; the user is signed in all the same.
+                tracing::warn!("login limiter could not record a success: {e}");
+            }
+        } else {
+            if ticket.locks_account_if_wrong() {
+                self.audit(
+                    req,
+                    EventKind::AccountLocked,
+                    Outcome::Denied,
+                    Some(account),
+                    Some("consecutive_failures"),
+                );
+            }
+            self.limiter.failure(ticket);
         }
     }
 
@@ -453,6 +555,10 @@ impl Auth {
         }
         let return_to = return_to::safe(&fields.return_to, req.host).unwrap_or_else(|| "/".into());
         let username = fields.username.trim().to_string();
+        let ticket = match self.gate(req, &username).await {
+            Gate::Check(ticket) => ticket,
+            Gate::Refused(reply) => return Ok(reply),
+        };
 
         let user = if username.is_empty() || username.len() > 128 {
             None
@@ -498,6 +604,13 @@ impl Auth {
 
         let now = self.clock.unix_secs();
         let stage = after_password(req.tenant, user.password_changed_at, now);
+        // A second factor still owed is checked (and budgeted) on its own; only a finished
+        // login clears the streak, so a known password cannot reset a code guesser's count.
+        if stage == Stage::SecondFactor {
+            self.settle(req, ticket, &username, false).await;
+        } else {
+            self.settle(req, ticket, &username, true).await;
+        }
         let previous = self.lookup(req.tenant, req.headers, req.client_ip).await?;
         let (token, session) = self
             .advance(

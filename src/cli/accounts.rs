@@ -56,6 +56,11 @@ pub enum UserCommand {
         /// The username.
         username: String,
     },
+    /// Clear the brute-force lock and failure streak of an account.
+    Unlock {
+        /// The username (also works for names that have no account: they are limited too).
+        username: String,
+    },
 }
 
 /// Usernames: 1–128 of letters, digits and `. _ @ + -` (safe in headers, logs and URLs).
@@ -72,6 +77,7 @@ pub fn validate_username(name: &str) -> anyhow::Result<()> {
 }
 
 struct Ctx {
+    config: Config,
     tenant: Tenant,
     store: Arc<dyn Store>,
     audit: AuditSink,
@@ -96,6 +102,7 @@ impl Ctx {
         let store = store::open(&config.server.store)?;
         let audit = AuditSink::start(store.clone(), DEFAULT_QUEUE_CAPACITY)?;
         Ok(Ctx {
+            config,
             tenant,
             store,
             audit,
@@ -232,9 +239,95 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
             ctx.audit(EventKind::SessionRevoked, &username, Some("operator"));
             println!("{ended} session(s) of {username} ended");
         }
+        UserCommand::Unlock { username } => {
+            let was_locked = unlock(&ctx.config, &ctx.tenant.id, &username)?;
+            if let crate::config::LimiterStore::Redis(_) = ctx.config.ratelimit.login_store {
+                // Through the API the gateway audits; here the CLI does.
+                ctx.audit(
+                    EventKind::AccountUnlocked,
+                    &username,
+                    Some(if was_locked {
+                        "was_locked"
+                    } else {
+                        "was_not_locked"
+                    }),
+                );
+            }
+            println!(
+                "{username} unlocked{}",
+                if was_locked {
+                    ""
+                } else {
+                    " (it was not locked)"
+                }
+            );
+        }
     }
     ctx.audit.flush();
     Ok(())
+}
+
+/// Clear an account's lock: directly in Redis when budgets live there, otherwise through the
+/// running gateway's operator API (the in-process limiter lives only in that process).
+fn unlock(config: &Config, tenant: &str, username: &str) -> anyhow::Result<bool> {
+    match &config.ratelimit.login_store {
+        crate::config::LimiterStore::Redis(url) => {
+            let limiter = crate::ratelimit::RedisLimiter::new(url)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            use crate::ratelimit::Limiter;
+            Ok(rt.block_on(limiter.unlock(tenant, username))?)
+        }
+        crate::config::LimiterStore::Memory => {
+            let token = crate::keys::token::read(&config.admin.token_file)?;
+            let path = format!(
+                "/v1/tenants/{}/users/{}/unlock",
+                form_urlencoded::byte_serialize(tenant.as_bytes()).collect::<String>(),
+                form_urlencoded::byte_serialize(username.as_bytes()).collect::<String>()
+            );
+            let (status, body) = operator_post(config.admin.listen, &path, &token)?;
+            if status != 200 {
+                bail!(
+                    "the gateway's operator API at {} answered {status}",
+                    config.admin.listen
+                );
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&body).context("operator API answer")?;
+            Ok(v["was_locked"].as_bool().unwrap_or(false))
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 POST to the operator listener (loopback; no body).
+fn operator_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+        .with_context(|| {
+            format!("cannot reach the gateway's operator listener at {addr}; is it running?")
+        })?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let request = Zeroizing::new(format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ));
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed answer from the operator listener")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
 }
 
 /// `portcullis keygen`: make the master key and the signing keyring if missing; with
@@ -252,6 +345,16 @@ pub fn keygen(config: &Config, rotate: bool) -> anyhow::Result<()> {
         key
     };
     let sealer = Sealer::new(&master);
+    if !config.admin.token_file.exists() {
+        if let Some(dir) = config.admin.token_file.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        crate::keys::token::create(&config.admin.token_file)?;
+        println!(
+            "created operator API token {}",
+            config.admin.token_file.display()
+        );
+    }
     let now = SystemClock.unix_secs();
     if !keys.jwt_keys.exists() {
         if let Some(dir) = keys.jwt_keys.parent() {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use policy::{Access, Route, SessionPolicy, Tenant, Upstream};
+pub use policy::{Access, RequestRate, Route, SessionPolicy, Tenant, Upstream};
 
 use error::Reporter;
 
@@ -39,6 +39,8 @@ pub struct Config {
     pub proxy: Proxy,
     /// Key files.
     pub keys: Keys,
+    /// Brute-force and request limits.
+    pub ratelimit: RateLimit,
     /// Every tenant, from `policies/`.
     pub tenants: Vec<Tenant>,
 }
@@ -71,6 +73,9 @@ pub struct Server {
 pub struct Admin {
     /// Where the operator listener binds. Loopback by default: it is not for the internet.
     pub listen: SocketAddr,
+    /// The operator API bearer token (made by `portcullis keygen`, mode 0600). Without it
+    /// the `/v1/…` operator API is off.
+    pub token_file: PathBuf,
 }
 
 /// One `[[tls.certificates]]` entry, loaded.
@@ -97,6 +102,30 @@ pub struct Keys {
     pub jwt_grace: Duration,
     /// Lifetime of an upstream JWT.
     pub jwt_ttl: Duration,
+}
+
+/// Where login budgets are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimiterStore {
+    /// In this process (one gateway instance).
+    Memory,
+    /// In Redis, shared by every instance (the URL may hold a password: never print it).
+    Redis(String),
+}
+
+/// `[ratelimit]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Where login budgets live.
+    pub login_store: LimiterStore,
+    /// Per-IP login attempts available at once.
+    pub login_ip_burst: std::num::NonZeroU32,
+    /// Time for one per-IP login attempt to come back.
+    pub login_ip_refill: Duration,
+    /// New TLS connections per second per client IP, before the handshake (0: no limit).
+    pub connections_per_ip_per_second: u32,
+    /// Connection burst per client IP.
+    pub connection_burst: u32,
 }
 
 /// `[proxy]`.
@@ -126,6 +155,17 @@ struct RawConfig {
     tls: RawTls,
     proxy: RawProxy,
     keys: RawKeys,
+    ratelimit: RawRateLimit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRateLimit {
+    login_store: Option<Spanned<String>>,
+    login_ip_burst: Option<Spanned<u32>>,
+    login_ip_refill_secs: Option<Spanned<u64>>,
+    connections_per_ip_per_second: Option<u32>,
+    connection_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +195,7 @@ struct RawServer {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,9 +259,14 @@ impl Config {
         let server = server(raw.server, &base, &mut rep);
         let admin = Admin {
             listen: socket_addr(raw.admin.listen.as_ref(), "127.0.0.1:9090", &mut rep),
+            token_file: match &raw.admin.token_file {
+                Some(p) => join(&base, p),
+                None => server.data_dir.join("keys").join("admin.token"),
+            },
         };
         let proxy = proxy(raw.proxy, &mut rep);
         let keys = keys(raw.keys, &base, &server.data_dir, &mut rep);
+        let ratelimit = ratelimit(raw.ratelimit, &mut rep);
         let certificates = certificates(raw.tls.certificates, &base, &mut rep);
 
         let tenants = policy::load_dir(&server.policies_dir, &mut errors);
@@ -234,6 +280,7 @@ impl Config {
                 certificates,
                 proxy,
                 keys,
+                ratelimit,
                 tenants,
             })
         } else {
@@ -394,6 +441,57 @@ fn keys(raw: RawKeys, base: &Path, data_dir: &Path, rep: &mut Reporter<'_>) -> K
         // A day: longer than any sensible backend JWKS cache.
         jwt_grace: Duration::from_secs(raw.jwt_grace_secs.unwrap_or(86_400)),
         jwt_ttl: Duration::from_secs(jwt_ttl),
+    }
+}
+
+fn ratelimit(raw: RawRateLimit, rep: &mut Reporter<'_>) -> RateLimit {
+    let login_store = match &raw.login_store {
+        None => LimiterStore::Memory,
+        Some(s) if s.get_ref() == "memory" => LimiterStore::Memory,
+        Some(s) if s.get_ref().starts_with("redis://") => {
+            match crate::ratelimit::RedisLimiter::new(s.get_ref()) {
+                Ok(_) => LimiterStore::Redis(s.get_ref().clone()),
+                Err(e) => {
+                    rep.at(s.span(), e.to_string());
+                    LimiterStore::Memory
+                }
+            }
+        }
+        Some(s) => {
+            // Never echo the value: it may be a URL with a password.
+            rep.at(
+                s.span(),
+                "login_store must be \"memory\" or redis://host:port[/db]",
+            );
+            LimiterStore::Memory
+        }
+    };
+    let defaults = crate::ratelimit::IpBudget::default();
+    let login_ip_burst = match &raw.login_ip_burst {
+        Some(b) => std::num::NonZeroU32::new(*b.get_ref()).unwrap_or_else(|| {
+            rep.at(b.span(), "login_ip_burst must be at least 1");
+            defaults.burst
+        }),
+        None => defaults.burst,
+    };
+    let login_ip_refill = match &raw.login_ip_refill_secs {
+        Some(r) if *r.get_ref() == 0 => {
+            rep.at(r.span(), "login_ip_refill_secs must be at least 1");
+            defaults.refill
+        }
+        Some(r) => Duration::from_secs(*r.get_ref()),
+        None => defaults.refill,
+    };
+    RateLimit {
+        login_store,
+        login_ip_burst,
+        login_ip_refill,
+        connections_per_ip_per_second: raw.connections_per_ip_per_second.unwrap_or(0),
+        connection_burst: raw.connection_burst.unwrap_or(
+            raw.connections_per_ip_per_second
+                .unwrap_or(0)
+                .saturating_mul(2),
+        ),
     }
 }
 

@@ -62,6 +62,17 @@ pub struct Route {
     pub upstream: Upstream,
     /// Who may pass.
     pub access: Access,
+    /// Per-client-IP request rate on this route (the tenant's when not set).
+    pub rate: Option<RequestRate>,
+}
+
+/// A per-IP request budget: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRate {
+    /// Sustained requests per second.
+    pub per_second: std::num::NonZeroU32,
+    /// Requests at once.
+    pub burst: std::num::NonZeroU32,
 }
 
 /// Who may use a route.
@@ -99,6 +110,15 @@ struct RawPolicy {
     session: RawSession,
     #[serde(default)]
     password: RawPassword,
+    #[serde(default)]
+    ratelimit: RawTenantRate,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTenantRate {
+    requests_per_second: Option<Spanned<u32>>,
+    burst: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +143,8 @@ struct RawRoute {
     upstream: Spanned<String>,
     access: Option<Spanned<String>>,
     roles: Option<Spanned<Vec<Spanned<String>>>>,
+    requests_per_second: Option<Spanned<u32>>,
+    burst: Option<Spanned<u32>>,
 }
 
 /// Read every `*.toml` in `dir` (in name order) as a tenant policy.
@@ -223,9 +245,15 @@ fn parse(
         }
     }
 
+    let tenant_rate = request_rate(
+        &raw.ratelimit.requests_per_second,
+        &raw.ratelimit.burst,
+        rep,
+        &mut ok,
+    );
     let mut routes: Vec<Route> = Vec::new();
     for raw_route in raw.routes {
-        match route(raw_route.into_inner(), &routes, rep) {
+        match route(raw_route.into_inner(), &routes, tenant_rate, rep) {
             Some(r) => routes.push(r),
             None => ok = false,
         }
@@ -287,8 +315,44 @@ fn password_policy(raw: &RawPassword, rep: &mut Reporter<'_>, ok: &mut bool) -> 
     policy
 }
 
-fn route(raw: RawRoute, earlier: &[Route], rep: &mut Reporter<'_>) -> Option<Route> {
+fn request_rate(
+    per_second: &Option<Spanned<u32>>,
+    burst: &Option<Spanned<u32>>,
+    rep: &mut Reporter<'_>,
+    ok: &mut bool,
+) -> Option<RequestRate> {
+    use std::num::NonZeroU32;
+    let per_second_value = per_second.as_ref()?;
+    let Some(rate) = NonZeroU32::new(*per_second_value.get_ref()) else {
+        rep.at(
+            per_second_value.span(),
+            "requests_per_second must be at least 1",
+        );
+        *ok = false;
+        return None;
+    };
+    let burst = match burst {
+        Some(b) => NonZeroU32::new(*b.get_ref()).unwrap_or_else(|| {
+            rep.at(b.span(), "burst must be at least 1");
+            *ok = false;
+            rate
+        }),
+        None => rate.saturating_mul(NonZeroU32::MIN.saturating_add(1)),
+    };
+    Some(RequestRate {
+        per_second: rate,
+        burst,
+    })
+}
+
+fn route(
+    raw: RawRoute,
+    earlier: &[Route],
+    tenant_rate: Option<RequestRate>,
+    rep: &mut Reporter<'_>,
+) -> Option<Route> {
     let mut ok = true;
+    let rate = request_rate(&raw.requests_per_second, &raw.burst, rep, &mut ok).or(tenant_rate);
     let id = raw.id.get_ref().clone();
     if let Err(msg) = validate_id(&id.replace('_', "-"), 63) {
         rep.at(raw.id.span(), format!("route {msg}"));
@@ -383,6 +447,7 @@ fn route(raw: RawRoute, earlier: &[Route], rep: &mut Reporter<'_>) -> Option<Rou
             prefix,
             upstream,
             access,
+            rate,
         }),
         _ => None,
     }

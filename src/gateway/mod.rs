@@ -55,6 +55,33 @@ impl Gateway {
         Ok(true)
     }
 
+    /// 429 with `Retry-After` (RFC 6585 §4) for a client over its request budget.
+    async fn too_many(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        wait: std::time::Duration,
+    ) -> pingora::Result<bool> {
+        let json = respond::wants_json(session.req_header().headers.get(http::header::ACCEPT));
+        let secs = crate::ratelimit::retry_after_secs(wait);
+        let mut reply = if json {
+            crate::auth::reply::Reply::json_error(429, "too_many_requests")
+        } else {
+            crate::auth::reply::Reply::html(
+                429,
+                crate::auth::pages::message_page(
+                    "Too Many Requests",
+                    "Too many requests. Please slow down and try again shortly.",
+                ),
+            )
+        };
+        reply.push(http::header::RETRY_AFTER, &secs.to_string());
+        let hsts = self.shared.runtime.load().hsts.clone();
+        respond::reply(session, reply, &hsts).await?;
+        ctx.refused = Some(RequestError::RateLimited);
+        Ok(true)
+    }
+
     /// Serve `/.auth/…`: read the (small) body, let the auth flow answer.
     async fn gateway_endpoint(
         &self,
@@ -179,6 +206,14 @@ impl ProxyHttp for Gateway {
         let roles = identity.as_ref().map(|i| i.roles.as_slice());
         match admit::decide(prepared.clone(), roles, &mut ctx.reached) {
             Ok(admitted) => {
+                let budget = ctx.client.map_or(Ok(()), |ip| {
+                    rt.request_limits
+                        .check(&prepared.tenant.id, &admitted.route().id, ip)
+                });
+                if let Err(wait) = budget {
+                    self.shared.metrics.limiter_decision("route_rate");
+                    return self.too_many(session, ctx, wait).await;
+                }
                 ctx.admitted = Some(admitted);
                 ctx.identity = identity;
                 Ok(false)
@@ -441,6 +476,7 @@ fn audit_kind(err: &RequestError) -> Option<EventKind> {
         | RequestError::UpstreamUnavailable
         | RequestError::UpstreamTimeout
         | RequestError::Internal
+        | RequestError::RateLimited
         | RequestError::Unavailable => None,
     }
 }

@@ -14,17 +14,20 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
 use crate::audit::{AuditSink, DEFAULT_QUEUE_CAPACITY};
-use crate::auth::flow::Auth;
+use crate::auth::flow::{Auth, AuthParts};
 use crate::auth::jwt::{JwtError, Keyring};
 use crate::auth::password::Hasher;
 use crate::clock::{Clock, SystemClock};
 use crate::config::ConfigErrors;
+use crate::config::{Config, LimiterStore};
 use crate::gateway::redirect::RedirectApp;
 use crate::gateway::reload::Reloader;
 use crate::gateway::state::{ConfigSource, Runtime, Shared};
 use crate::gateway::Gateway;
 use crate::keys::{KeyError, MasterKey, Sealer};
 use crate::metrics::Metrics;
+use crate::ratelimit::requests::ConnectionLimit;
+use crate::ratelimit::{IpBudget, Limiter, MemoryLimiter, RedisLimiter};
 use crate::store;
 use crate::tls::{crypto, HandshakeObserver, SniResolver};
 
@@ -57,6 +60,9 @@ pub enum StartError {
     /// The password hasher could not be set up.
     #[error("password hasher: {0}")]
     Hasher(crate::auth::password::PasswordError),
+    /// The login limiter could not be set up.
+    #[error("login limiter: {0}")]
+    Limiter(String),
     /// The audit writer could not be started.
     #[error("cannot start audit writer: {0}")]
     Audit(std::io::Error),
@@ -91,14 +97,16 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
     // neither starve proxying of CPU nor memory.
     let hasher = Hasher::new(config.server.threads.max(1)).map_err(StartError::Hasher)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let auth = Arc::new(Auth::new(
+    let metrics = Arc::new(Metrics::new()?);
+    let auth = Arc::new(Auth::new(AuthParts {
         store,
         hasher,
         keyring,
-        audit.clone(),
-        Arc::clone(&clock),
-    ));
-    let metrics = Arc::new(Metrics::new()?);
+        limiter: limiter(&config)?,
+        audit: audit.clone(),
+        metrics: Arc::clone(&metrics),
+        clock: Arc::clone(&clock),
+    }));
     let resolver = Arc::new(SniResolver::default());
     resolver.replace(&config.certificates);
     let shared = Arc::new(Shared {
@@ -136,6 +144,13 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
     tls.set_cert_resolver(resolver);
     tls.enable_h2();
     proxy.add_tls_with_settings(&config.server.https_listen.to_string(), None, tls);
+    let rl = &config.ratelimit;
+    if let (Some(rate), Some(burst)) = (
+        std::num::NonZeroU32::new(rl.connections_per_ip_per_second),
+        std::num::NonZeroU32::new(rl.connection_burst.max(rl.connections_per_ip_per_second)),
+    ) {
+        proxy.set_connection_filter(Arc::new(ConnectionLimit::new(rate, burst)));
+    }
     server.add_service(proxy);
 
     if let Some(addr) = config.server.http_redirect_listen {
@@ -162,6 +177,22 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
         "portcullis starting"
     );
     server.run_forever()
+}
+
+/// The login limiter the configuration asks for.
+pub fn limiter(config: &Config) -> Result<Arc<dyn Limiter>, StartError> {
+    let budget = IpBudget {
+        burst: config.ratelimit.login_ip_burst,
+        refill: config.ratelimit.login_ip_refill,
+    };
+    Ok(match &config.ratelimit.login_store {
+        LimiterStore::Memory => Arc::new(MemoryLimiter::with_ip_budget(budget)),
+        LimiterStore::Redis(url) => Arc::new(
+            RedisLimiter::new(url)
+                .map_err(|e| StartError::Limiter(e.to_string()))?
+                .with_ip_budget(budget),
+        ),
+    })
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

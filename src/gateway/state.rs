@@ -61,6 +61,8 @@ pub struct Runtime {
     pub trusted: TrustedProxies,
     /// The `Strict-Transport-Security` value.
     pub hsts: HeaderValue,
+    /// Per-IP request budgets of routes that have one.
+    pub request_limits: crate::ratelimit::requests::RequestLimits,
 }
 
 impl Runtime {
@@ -73,6 +75,7 @@ impl Runtime {
         .unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
         Self {
             tenants: TenantIndex::new(&config.tenants),
+            request_limits: crate::ratelimit::requests::RequestLimits::new(&config.tenants),
             trusted: TrustedProxies::new(config.proxy.trusted_proxies.clone()),
             hsts,
             config,

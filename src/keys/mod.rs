@@ -9,6 +9,7 @@
 //! of the database alone reveals no secret.
 
 pub(crate) mod file;
+pub mod token;
 
 use std::fmt;
 use std::io;

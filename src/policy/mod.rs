@@ -46,6 +46,7 @@ mod tests {
                     addr: "127.0.0.1:1".parse().expect("addr"),
                 },
                 access: Access::Public,
+                rate: None,
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

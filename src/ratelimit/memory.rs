@@ -18,8 +18,8 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use super::{
-    client_key, judge, AccountKey, Decision, Limiter, LimiterError, Streak, ThrottleReason, Ticket,
-    FAILURE_MEMORY, HARD_CAP, IP_BURST, IP_REFILL, KNOWN_IP_TTL, MAX_KNOWN_IPS_PER_ACCOUNT,
+    client_key, judge, AccountKey, Decision, IpBudget, Limiter, LimiterError, Streak,
+    ThrottleReason, Ticket, FAILURE_MEMORY, HARD_CAP, KNOWN_IP_TTL, MAX_KNOWN_IPS_PER_ACCOUNT,
     MAX_PAIRS_PER_ACCOUNT, PAIR_MEMORY,
 };
 
@@ -110,8 +110,8 @@ impl State {
         self.latest
     }
 
-    fn sweep(&mut self, now: Duration) {
-        let refill_all = IP_REFILL.saturating_mul(IP_BURST.get());
+    fn sweep(&mut self, now: Duration, budget: IpBudget) {
+        let refill_all = budget.refill.saturating_mul(budget.burst.get());
         self.ips
             .retain(|_, entry| now < entry.last_allowed + refill_all);
         self.accounts.retain(|_, account| {
@@ -121,11 +121,11 @@ impl State {
         self.last_sweep = now;
     }
 
-    fn enforce(&mut self, now: Duration, bounds: Bounds) {
+    fn enforce(&mut self, now: Duration, bounds: Bounds, budget: IpBudget) {
         if self.ips.len() <= bounds.ips && self.accounts.len() <= bounds.accounts {
             return;
         }
-        self.sweep(now);
+        self.sweep(now, budget);
         evict(&mut self.ips, bounds.ips, |entry| entry.last_allowed);
         evict(&mut self.accounts, bounds.accounts, |account| {
             (account.streak.failures, account.streak.last)
@@ -167,7 +167,16 @@ pub struct MemoryLimiter {
     state: Mutex<State>,
     time: PassedTime,
     quota: Quota,
+    budget: IpBudget,
     bounds: Bounds,
+}
+
+fn quota(budget: IpBudget) -> Quota {
+    // `with_period` refuses only a zero period; should one get here, the slower refill of
+    // `burst` per hour fails safe.
+    Quota::with_period(budget.refill)
+        .unwrap_or(Quota::per_hour(budget.burst))
+        .allow_burst(budget.burst)
 }
 
 impl Default for MemoryLimiter {
@@ -191,16 +200,21 @@ impl MemoryLimiter {
         })
     }
 
+    /// An empty limiter with a per-IP budget other than the default.
+    pub fn with_ip_budget(budget: IpBudget) -> Self {
+        let mut limiter = Self::new();
+        limiter.quota = quota(budget);
+        limiter.budget = budget;
+        limiter
+    }
+
     fn with_bounds(bounds: Bounds) -> Self {
-        // `with_period` refuses only a zero period, which IP_REFILL is not; should it ever
-        // be, the slower refill of 20 per hour fails safe.
-        let quota = Quota::with_period(IP_REFILL)
-            .unwrap_or(Quota::per_hour(IP_BURST))
-            .allow_burst(IP_BURST);
+        let budget = IpBudget::default();
         Self {
             state: Mutex::new(State::default()),
             time: PassedTime::default(),
-            quota,
+            quota: quota(budget),
+            budget,
             bounds,
         }
     }
@@ -217,7 +231,7 @@ impl MemoryLimiter {
         let st = &mut *guard;
         let now = st.advance(now);
         if now >= st.last_sweep + SWEEP_INTERVAL {
-            st.sweep(now);
+            st.sweep(now, self.budget);
         }
 
         let (streak, pair, known) = match st.accounts.get(&account) {
@@ -264,7 +278,7 @@ impl MemoryLimiter {
             acct.forget(now);
             trim(&mut acct.pairs, MAX_PAIRS_PER_ACCOUNT, |pair| pair.last);
         }
-        st.enforce(now, self.bounds);
+        st.enforce(now, self.bounds, self.budget);
         Decision::Allowed(Ticket {
             account,
             client,
@@ -285,7 +299,7 @@ impl MemoryLimiter {
             acct.forget(now);
             trim(&mut acct.known, MAX_KNOWN_IPS_PER_ACCOUNT, |until| *until);
         }
-        st.enforce(now, self.bounds);
+        st.enforce(now, self.bounds, self.budget);
     }
 
     fn unlock_now(&self, account: AccountKey) -> bool {
@@ -373,7 +387,7 @@ mod tests {
         assert_eq!(l.sizes(), (5_001, 5_001));
 
         // A full bucket is as good as none.
-        c.advance(IP_REFILL * IP_BURST.get() + Duration::from_secs(1));
+        c.advance(super::super::IP_REFILL * super::super::IP_BURST.get() + Duration::from_secs(1));
         fail(&l, ip(10_000), "late", &c).await;
         assert_eq!(l.sizes(), (1, 5_002));
 

@@ -89,6 +89,7 @@ mod promises;
 
 mod memory;
 mod redis;
+pub mod requests;
 
 pub use memory::MemoryLimiter;
 pub use redis::RedisLimiter;
@@ -222,6 +223,26 @@ pub enum LimiterError {
     InvalidUrl,
 }
 
+/// The per-IP attempt budget (rule 1): a bucket of `burst` attempts, one more every `refill`.
+/// Operators behind large NATs may need a bigger one; the defaults are [`IP_BURST`] and
+/// [`IP_REFILL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBudget {
+    /// Attempts available at once.
+    pub burst: NonZeroU32,
+    /// Time for one attempt to come back.
+    pub refill: Duration,
+}
+
+impl Default for IpBudget {
+    fn default() -> Self {
+        Self {
+            burst: IP_BURST,
+            refill: IP_REFILL,
+        }
+    }
+}
+
 /// The login limiter: [`MemoryLimiter`] in one process, [`RedisLimiter`] across instances.
 #[async_trait]
 pub trait Limiter: Send + Sync {
@@ -291,7 +312,7 @@ impl fmt::Debug for AccountKey {
 
 /// The address a client is counted under: IPv4 as is (also when IPv4-mapped), IPv6 by its
 /// /64 prefix, since one subscriber gets a whole /64 (RFC 6177) and can rotate within it.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -31,10 +31,10 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use super::{
-    client_key, AccountKey, Decision, Limiter, LimiterError, ThrottleReason, Ticket,
+    client_key, AccountKey, Decision, IpBudget, Limiter, LimiterError, ThrottleReason, Ticket,
     ACCOUNT_BACKOFF_BASE, ACCOUNT_BACKOFF_CAP, ACCOUNT_FREE_FAILURES, FAILURE_MEMORY, HARD_CAP,
-    IP_BURST, IP_REFILL, KNOWN_IP_TTL, LOCKED_RETRY_AFTER, MAX_KNOWN_IPS_PER_ACCOUNT,
-    MAX_PAIRS_PER_ACCOUNT, PAIR_BACKOFF_BASE, PAIR_BACKOFF_CAP, PAIR_FREE_FAILURES, PAIR_MEMORY,
+    KNOWN_IP_TTL, LOCKED_RETRY_AFTER, MAX_KNOWN_IPS_PER_ACCOUNT, MAX_PAIRS_PER_ACCOUNT,
+    PAIR_BACKOFF_BASE, PAIR_BACKOFF_CAP, PAIR_FREE_FAILURES, PAIR_MEMORY,
 };
 
 /// The namespace of every key the limiter writes.
@@ -60,6 +60,7 @@ pub struct RedisLimiter {
     begin: Script,
     success: Script,
     unlock: Script,
+    budget: IpBudget,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -80,7 +81,15 @@ impl RedisLimiter {
             begin: Script::new(BEGIN_SCRIPT),
             success: Script::new(SUCCESS_SCRIPT),
             unlock: Script::new(UNLOCK_SCRIPT),
+            budget: IpBudget::default(),
         })
+    }
+
+    /// The same limiter with a per-IP budget other than the default. Every instance sharing
+    /// one Redis must use the same budget.
+    pub fn with_ip_budget(mut self, budget: IpBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     async fn connection(&self) -> Result<ConnectionManager, RedisError> {
@@ -160,8 +169,8 @@ impl Limiter for RedisLimiter {
             .key(known)
             .arg(millis(now))
             .arg(&ip)
-            .arg(millis(IP_REFILL))
-            .arg(IP_BURST.get())
+            .arg(millis(self.budget.refill))
+            .arg(self.budget.burst.get())
             .arg(PAIR_FREE_FAILURES)
             .arg(millis(PAIR_BACKOFF_BASE))
             .arg(millis(PAIR_BACKOFF_CAP))
@@ -232,6 +241,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::ratelimit::{IP_BURST, IP_REFILL};
     use crate::clock::Clock;
     use crate::ratelimit::promises::{self, clock, fail, ip, succeed, throttled, TENANT};
 
