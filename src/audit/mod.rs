@@ -72,11 +72,25 @@ pub enum EventKind {
     AccountLocked,
     /// An operator unlocked an account.
     AccountUnlocked,
+    /// A user turned on TOTP two-step verification.
+    MfaEnrolled,
+    /// A second factor was accepted.
+    MfaVerified,
+    /// A wrong second-factor code was entered.
+    MfaFailed,
+    /// A TOTP code was presented again for a time step already used.
+    MfaReplayRejected,
+    /// A recovery code was used in place of the authenticator.
+    RecoveryCodeUsed,
+    /// A user turned TOTP off.
+    MfaRemoved,
+    /// An operator removed a user's second factor (lost device).
+    MfaReset,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::ConfigReloaded,
         EventKind::ConfigRejected,
         EventKind::RequestDenied,
@@ -93,6 +107,13 @@ impl EventKind {
         EventKind::LoginThrottled,
         EventKind::AccountLocked,
         EventKind::AccountUnlocked,
+        EventKind::MfaEnrolled,
+        EventKind::MfaVerified,
+        EventKind::MfaFailed,
+        EventKind::MfaReplayRejected,
+        EventKind::RecoveryCodeUsed,
+        EventKind::MfaRemoved,
+        EventKind::MfaReset,
     ];
 
     /// The stable snake_case name (same as the serde name).
@@ -114,6 +135,13 @@ impl EventKind {
             EventKind::LoginThrottled => "login_throttled",
             EventKind::AccountLocked => "account_locked",
             EventKind::AccountUnlocked => "account_unlocked",
+            EventKind::MfaEnrolled => "mfa_enrolled",
+            EventKind::MfaVerified => "mfa_verified",
+            EventKind::MfaFailed => "mfa_failed",
+            EventKind::MfaReplayRejected => "mfa_replay_rejected",
+            EventKind::RecoveryCodeUsed => "recovery_code_used",
+            EventKind::MfaRemoved => "mfa_removed",
+            EventKind::MfaReset => "mfa_reset",
         }
     }
 }
@@ -433,6 +461,13 @@ mod tests {
                 "login_throttled",
                 "account_locked",
                 "account_unlocked",
+                "mfa_enrolled",
+                "mfa_verified",
+                "mfa_failed",
+                "mfa_replay_rejected",
+                "recovery_code_used",
+                "mfa_removed",
+                "mfa_reset",
             ]
         );
         for kind in EventKind::ALL {

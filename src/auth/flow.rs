@@ -35,12 +35,15 @@ use super::return_to;
 use super::session::{new_token, Identity, Lookup, Sessions};
 use crate::audit::{AuditEvent, AuditSink, EventKind, Outcome};
 use crate::clock::Clock;
-use crate::config::Tenant;
+use crate::config::{MfaPolicy, Tenant};
+use crate::keys::Sealer;
 use crate::metrics::Metrics;
 use crate::ratelimit::{retry_after_secs, Decision, Limiter, Ticket};
 use crate::store::{Session, Stage, Store, StoreError};
 
 use super::jwt::{self, Claims, JwtError, Keyring, TokenCache};
+
+mod mfa;
 use arc_swap::ArcSwap;
 
 /// Largest body a gateway endpoint reads; a login form is a few hundred bytes.
@@ -133,6 +136,9 @@ struct Fields {
     current_password: Zeroizing<String>,
     new_password: Zeroizing<String>,
     confirm_password: Zeroizing<String>,
+    code: Zeroizing<String>,
+    recovery_code: Zeroizing<String>,
+    action: String,
 }
 
 impl Fields {
@@ -151,6 +157,9 @@ impl Fields {
                         "current_password" => f.current_password = Zeroizing::new(v),
                         "new_password" => f.new_password = Zeroizing::new(v),
                         "confirm_password" => f.confirm_password = Zeroizing::new(v),
+                        "code" => f.code = Zeroizing::new(v),
+                        "recovery_code" => f.recovery_code = Zeroizing::new(v),
+                        "action" => f.action = v,
                         _ => {}
                     }
                 }
@@ -178,7 +187,12 @@ fn same_token(a: &str, b: &str) -> bool {
 }
 
 /// Where a login goes after the password was verified.
-pub fn after_password(tenant: &Tenant, password_changed_at: u64, now: u64) -> Stage {
+pub fn after_password(
+    tenant: &Tenant,
+    password_changed_at: u64,
+    has_totp: bool,
+    now: u64,
+) -> Stage {
     let changed = std::time::Duration::from_secs(password_changed_at);
     if tenant
         .password
@@ -186,7 +200,17 @@ pub fn after_password(tenant: &Tenant, password_changed_at: u64, now: u64) -> St
     {
         Stage::PasswordChange
     } else {
-        Stage::Active
+        after_password_settled(tenant, has_totp)
+    }
+}
+
+/// Where a login goes once the password is settled (checked, and changed if it had expired).
+pub fn after_password_settled(tenant: &Tenant, has_totp: bool) -> Stage {
+    match (tenant.mfa, has_totp) {
+        (MfaPolicy::Off, _) => Stage::Active,
+        (_, true) => Stage::SecondFactor,
+        (MfaPolicy::Required, false) => Stage::EnrollMfa,
+        (MfaPolicy::Optional, false) => Stage::Active,
     }
 }
 
@@ -204,6 +228,7 @@ pub struct Auth {
     /// Brute-force budgets for every credential check.
     pub limiter: Arc<dyn Limiter>,
     metrics: Arc<Metrics>,
+    sealer: Arc<Sealer>,
 }
 
 /// The pieces [`Auth`] is built from.
@@ -222,6 +247,8 @@ pub struct AuthParts {
     pub metrics: Arc<Metrics>,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// Seals secrets at rest (TOTP secrets).
+    pub sealer: Arc<Sealer>,
 }
 
 /// What the brute-force limiter said about a credential check.
@@ -245,6 +272,7 @@ impl Auth {
             tokens: TokenCache::default(),
             limiter: parts.limiter,
             metrics: parts.metrics,
+            sealer: parts.sealer,
         }
     }
 
@@ -447,6 +475,10 @@ impl Auth {
             (&Method::GET, "/.auth/logout") => self.logout_form(req).await,
             (&Method::POST, "/.auth/logout") => self.logout(req).await,
             (&Method::GET, "/.auth/whoami") => self.whoami(req).await,
+            (&Method::GET, "/.auth/mfa") => self.mfa_form(req).await,
+            (&Method::POST, "/.auth/mfa") => self.mfa_verify(req).await,
+            (&Method::GET, "/.auth/mfa/enroll") => self.enroll_form(req).await,
+            (&Method::POST, "/.auth/mfa/enroll") => self.enroll_post(req).await,
             (&Method::GET, "/.auth/jwks.json") => {
                 let mut reply = Reply::json(200, &jwks());
                 reply
@@ -603,10 +635,15 @@ impl Auth {
         };
 
         let now = self.clock.unix_secs();
-        let stage = after_password(req.tenant, user.password_changed_at, now);
+        let stage = after_password(
+            req.tenant,
+            user.password_changed_at,
+            user.totp_secret.is_some(),
+            now,
+        );
         // A second factor still owed is checked (and budgeted) on its own; only a finished
         // login clears the streak, so a known password cannot reset a code guesser's count.
-        if stage == Stage::SecondFactor {
+        if matches!(stage, Stage::SecondFactor | Stage::EnrollMfa) {
             self.settle(req, ticket, &username, false).await;
         } else {
             self.settle(req, ticket, &username, true).await;
@@ -674,11 +711,12 @@ impl Auth {
             Stage::Active => (session.return_to.as_str(), "done"),
             Stage::PasswordChange => ("/.auth/password", "password_change"),
             Stage::SecondFactor => ("/.auth/mfa", "second_factor"),
+            Stage::EnrollMfa => ("/.auth/mfa/enroll", "enroll_mfa"),
         };
         let reply = if req.wants_json() {
             Reply::json(
                 200,
-                &serde_json::json!({ "next": next, "return_to": location }),
+                &serde_json::json!({ "next": next, "return_to": location, "csrf": session.csrf }),
             )
         } else {
             Reply::redirect(303, location)
@@ -828,12 +866,20 @@ impl Auth {
                 Some("password_changed"),
             );
         }
+        // An active user stays active; one forced to change continues the login.
+        let stage = match session.stage {
+            Stage::Active => Stage::Active,
+            _ => after_password_settled(
+                req.tenant,
+                user.as_ref().is_some_and(|u| u.totp_secret.is_some()),
+            ),
+        };
         let (token, next) = self
             .advance(
                 req,
                 Lookup::None,
                 &session.username,
-                Stage::Active,
+                stage,
                 session.amr.clone(),
                 &session.return_to,
                 now,

@@ -162,6 +162,113 @@ pub fn password_change_page(
     layout("Change your password", &body)
 }
 
+/// The second-factor step: a 6-digit code from the authenticator app (`code`), or one of the
+/// recovery codes (`recovery_code`); posts to `/.auth/mfa` with `csrf`.
+pub fn mfa_page(csrf_token: &str, error: Option<&str>) -> String {
+    let described = described_by(error);
+    let body = format!(
+        "<h1>Two-step verification</h1>\n\
+         {error}\
+         <form method=\"post\" action=\"/.auth/mfa\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+         <label for=\"code\">Code from your authenticator app</label>\n\
+         <input id=\"code\" name=\"code\" type=\"text\" inputmode=\"numeric\" \
+         autocomplete=\"one-time-code\" pattern=\"[0-9 ]*\" autofocus{described}>\n\
+         <label for=\"recovery_code\">Or a recovery code</label>\n\
+         <input id=\"recovery_code\" name=\"recovery_code\" type=\"text\" \
+         autocomplete=\"off\" autocapitalize=\"none\" spellcheck=\"false\">\n\
+         <button type=\"submit\">Verify</button>\n\
+         </form>\n",
+        error = error_block(error),
+        csrf = escape_html(csrf_token),
+    );
+    layout("Two-step verification", &body)
+}
+
+/// TOTP enrolment: the QR code (inline SVG made by us), the key written out for manual
+/// entry, and a field to confirm with a first code; posts `code`, `csrf` to
+/// `/.auth/mfa/enroll`.
+pub fn enroll_page(
+    csrf_token: &str,
+    qr_svg: &str,
+    grouped_key: &str,
+    error: Option<&str>,
+) -> String {
+    let described = described_by(error);
+    let body = format!(
+        "<h1>Set up two-step verification</h1>\n\
+         {error}\
+         <p>Scan this code with an authenticator app (for example FreeOTP, Aegis, Google \
+         Authenticator or 1Password), then enter the 6-digit code it shows.</p>\n\
+         <div class=\"qr\">{qr_svg}</div>\n\
+         <p>Or enter this key by hand (time-based, SHA-1, 6 digits, 30 seconds):</p>\n\
+         <p class=\"key\"><code>{key}</code></p>\n\
+         <form method=\"post\" action=\"/.auth/mfa/enroll\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+         <input type=\"hidden\" name=\"action\" value=\"confirm\">\n\
+         <label for=\"code\">Code from your app</label>\n\
+         <input id=\"code\" name=\"code\" type=\"text\" inputmode=\"numeric\" \
+         autocomplete=\"one-time-code\" required autofocus{described}>\n\
+         <button type=\"submit\">Turn on</button>\n\
+         </form>\n",
+        error = error_block(error),
+        key = escape_html(grouped_key),
+        csrf = escape_html(csrf_token),
+    );
+    layout("Set up two-step verification", &body)
+}
+
+/// The recovery codes, shown once right after enrolment.
+pub fn recovery_codes_page(codes: &[String], continue_to: &str) -> String {
+    let items: String = codes
+        .iter()
+        .map(|c| format!("<li><code>{}</code></li>\n", escape_html(c)))
+        .collect();
+    let body = format!(
+        "<h1>Save your recovery codes</h1>\n\
+         <p>Each code signs you in once if you lose your authenticator. They are shown only \
+         now: store them somewhere safe.</p>\n\
+         <ol class=\"codes\">\n{items}</ol>\n\
+         <p><a href=\"{href}\">Continue</a></p>\n",
+        href = escape_html(continue_to),
+    );
+    layout("Save your recovery codes", &body)
+}
+
+/// Two-step verification is on: remove it with a current code; posts `action=remove`,
+/// `code`, `csrf` to `/.auth/mfa/enroll`.
+pub fn mfa_manage_page(
+    csrf_token: &str,
+    codes_left: u64,
+    can_remove: bool,
+    error: Option<&str>,
+) -> String {
+    let described = described_by(error);
+    let remove = if can_remove {
+        format!(
+            "<form method=\"post\" action=\"/.auth/mfa/enroll\">\n\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
+             <input type=\"hidden\" name=\"action\" value=\"remove\">\n\
+             <label for=\"code\">Current code, to turn it off</label>\n\
+             <input id=\"code\" name=\"code\" type=\"text\" inputmode=\"numeric\" \
+             autocomplete=\"one-time-code\" required{described}>\n\
+             <button type=\"submit\">Turn off</button>\n\
+             </form>\n",
+            csrf = escape_html(csrf_token),
+        )
+    } else {
+        "<p>Your organisation requires two-step verification.</p>\n".to_string()
+    };
+    let body = format!(
+        "<h1>Two-step verification is on</h1>\n\
+         {error}\
+         <p>{codes_left} recovery code(s) left.</p>\n\
+         {remove}",
+        error = error_block(error),
+    );
+    layout("Two-step verification", &body)
+}
+
 /// A page with a heading and one paragraph, for outcomes and errors.
 pub fn message_page(title: &str, text: &str) -> String {
     let title = escape_html(title);

@@ -119,6 +119,7 @@ impl Sessions {
             last_seen: now,
             expires_at: now + tenant.session.absolute_timeout.as_secs(),
             idle_timeout: tenant.session.idle_timeout.as_secs(),
+            pending_totp: None,
         };
         self.store.create_session(&session)?;
         Ok((token, session))
@@ -222,6 +223,7 @@ mod tests {
             routes: vec![],
             session: Default::default(),
             password: Default::default(),
+            mfa: Default::default(),
             source: "t.toml".into(),
         }
     }
@@ -237,6 +239,7 @@ mod tests {
                 disabled: false,
                 created_at: 0,
                 password_changed_at: 0,
+                totp_secret: None,
             })
             .expect("user");
         Sessions::new(Arc::new(store))

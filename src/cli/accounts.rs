@@ -56,6 +56,12 @@ pub enum UserCommand {
         /// The username.
         username: String,
     },
+    /// Remove a user's second factor (lost device) and end their sessions; they enrol again
+    /// at next sign-in where MFA is required.
+    ResetMfa {
+        /// The username.
+        username: String,
+    },
     /// Clear the brute-force lock and failure streak of an account.
     Unlock {
         /// The username (also works for names that have no account: they are limited too).
@@ -182,6 +188,7 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
                 disabled: false,
                 created_at: now,
                 password_changed_at: now,
+                totp_secret: None,
             })?;
             ctx.audit(EventKind::UserCreated, &username, None);
             println!("created user {username} in tenant {}", ctx.tenant.id);
@@ -238,6 +245,16 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
                 .delete_user_sessions(&ctx.tenant.id, &username, None)?;
             ctx.audit(EventKind::SessionRevoked, &username, Some("operator"));
             println!("{ended} session(s) of {username} ended");
+        }
+        UserCommand::ResetMfa { username } => {
+            ctx.existing(&username)?;
+            ctx.store
+                .set_totp(&ctx.tenant.id, &username, None, &[], 0)?;
+            let ended = ctx
+                .store
+                .delete_user_sessions(&ctx.tenant.id, &username, None)?;
+            ctx.audit(EventKind::MfaReset, &username, Some("operator"));
+            println!("two-step verification removed for {username}; {ended} session(s) ended");
         }
         UserCommand::Unlock { username } => {
             let was_locked = unlock(&ctx.config, &ctx.tenant.id, &username)?;
@@ -398,6 +415,7 @@ pub fn ensure_demo_users(
             disabled: false,
             created_at: now,
             password_changed_at: now,
+            totp_secret: None,
         })?;
     }
     Ok(())

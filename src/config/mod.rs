@@ -18,7 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use policy::{Access, RequestRate, Route, SessionPolicy, Tenant, Upstream};
+pub use policy::{Access, MfaPolicy, RequestRate, Route, SessionPolicy, Tenant, Upstream};
 
 use error::Reporter;
 

@@ -28,8 +28,22 @@ pub struct Tenant {
     pub session: SessionPolicy,
     /// Password rules for local accounts.
     pub password: PasswordPolicy,
+    /// Whether a second factor is used.
+    pub mfa: MfaPolicy,
     /// The policy file.
     pub source: PathBuf,
+}
+
+/// `mfa = "off" | "optional" | "required"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MfaPolicy {
+    /// No second factor, even for users who set one up.
+    Off,
+    /// Users may set up TOTP at `/.auth/mfa/enroll`; those who did must use it.
+    #[default]
+    Optional,
+    /// Every user must use TOTP; those without are taken through enrolment at login.
+    Required,
 }
 
 /// How long sessions last.
@@ -104,6 +118,7 @@ struct RawPolicy {
     id: Option<Spanned<String>>,
     display_name: Option<String>,
     hosts: Spanned<Vec<Spanned<String>>>,
+    mfa: Option<Spanned<String>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
@@ -259,6 +274,20 @@ fn parse(
         }
     }
     let session = session_policy(&raw.session, rep, &mut ok);
+    let mfa = match raw.mfa.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None => MfaPolicy::default(),
+        Some(("off", _)) => MfaPolicy::Off,
+        Some(("optional", _)) => MfaPolicy::Optional,
+        Some(("required", _)) => MfaPolicy::Required,
+        Some((other, span)) => {
+            rep.at(
+                span,
+                format!("mfa `{other}` is not one of off, optional, required"),
+            );
+            ok = false;
+            MfaPolicy::default()
+        }
+    };
     let password = password_policy(&raw.password, rep, &mut ok);
     // Longest prefix first, so the first match is the most specific.
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -270,6 +299,7 @@ fn parse(
         routes,
         session,
         password,
+        mfa,
         source: file.to_path_buf(),
     })
 }

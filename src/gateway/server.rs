@@ -88,7 +88,7 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
     }
 
     let master = MasterKey::load(&config.keys.master_key)?;
-    let sealer = Sealer::new(&master);
+    let sealer = Arc::new(Sealer::new(&master));
     let keyring = Keyring::load(&config.keys.jwt_keys, &sealer)?;
     let store = store::open(&config.server.store)?;
     let audit =
@@ -106,6 +106,7 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
         audit: audit.clone(),
         metrics: Arc::clone(&metrics),
         clock: Arc::clone(&clock),
+        sealer: Arc::clone(&sealer),
     }));
     let resolver = Arc::new(SniResolver::default());
     resolver.replace(&config.certificates);

@@ -98,7 +98,7 @@ pub struct Shared {
     /// Sign-in, sessions and upstream identity.
     pub auth: Arc<Auth>,
     /// Seals and opens secrets at rest (the signing keys are re-read on reload).
-    pub sealer: crate::keys::Sealer,
+    pub sealer: Arc<crate::keys::Sealer>,
     /// Wall-clock time.
     pub clock: Arc<dyn Clock>,
 }

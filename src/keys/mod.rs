@@ -223,6 +223,22 @@ impl FieldBinding<'_> {
 /// Seals and opens secret fields under the master key.
 pub struct Sealer {
     cipher: Aes256Gcm,
+    /// A separate key for lookup digests, derived from the master key so the two uses never
+    /// share a key (NIST SP 800-108 style: HMAC(master, label)).
+    mac_key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+/// HMAC-SHA-256 (RFC 2104).
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
+    match <Hmac<sha2::Sha256> as Mac>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(data);
+            mac.finalize().into_bytes().into()
+        }
+        Err(_) => [0; 32],
+    }
 }
 
 impl fmt::Debug for Sealer {
@@ -237,7 +253,18 @@ impl Sealer {
         Sealer {
             // A borrowed view of the key, not a copy that would outlive `MasterKey`'s zeroizing.
             cipher: Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&key.bytes)),
+            mac_key: zeroize::Zeroizing::new(hmac_sha256(
+                &key.bytes,
+                b"portcullis-lookup-mac-key-v1",
+            )),
         }
+    }
+
+    /// A keyed digest (HMAC-SHA-256, hex) for values that must be found by equality but must
+    /// not be guessable from a copy of the store alone — recovery codes, whose 60 bits are
+    /// below NIST SP 800-63B §5.1.2.2's 112-bit bar for a plain hash.
+    pub fn lookup_digest(&self, data: &[u8]) -> String {
+        hex::encode(hmac_sha256(self.mac_key.as_ref(), data))
     }
 
     /// Encrypt `plaintext` for `binding`: `v1.<base64url(nonce ‖ ciphertext ‖ tag)>`.

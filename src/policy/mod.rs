@@ -57,6 +57,7 @@ mod tests {
             routes,
             session: Default::default(),
             password: Default::default(),
+            mfa: Default::default(),
             source: "t.toml".into(),
         }
     }

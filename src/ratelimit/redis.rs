@@ -241,9 +241,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::ratelimit::{IP_BURST, IP_REFILL};
     use crate::clock::Clock;
     use crate::ratelimit::promises::{self, clock, fail, ip, succeed, throttled, TENANT};
+    use crate::ratelimit::{IP_BURST, IP_REFILL};
 
     /// A redis-server of the test's own on a free loopback port, without persistence;
     /// killed on drop.

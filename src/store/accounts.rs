@@ -23,6 +23,8 @@ pub struct User {
     pub created_at: u64,
     /// Unix seconds of the last password change.
     pub password_changed_at: u64,
+    /// The TOTP secret, sealed; `None` when the user has no second factor.
+    pub totp_secret: Option<String>,
 }
 
 impl std::fmt::Debug for User {
@@ -33,6 +35,7 @@ impl std::fmt::Debug for User {
             .field("username", &self.username)
             .field("roles", &self.roles)
             .field("disabled", &self.disabled)
+            .field("totp", &self.totp_secret.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -44,6 +47,8 @@ pub enum Stage {
     PasswordChange,
     /// Password verified; a second factor is still owed.
     SecondFactor,
+    /// Password verified; the tenant requires a second factor the user has not set up yet.
+    EnrollMfa,
     /// Fully authenticated: may use routes.
     Active,
 }
@@ -54,6 +59,7 @@ impl Stage {
         match self {
             Self::PasswordChange => "password_change",
             Self::SecondFactor => "second_factor",
+            Self::EnrollMfa => "enroll_mfa",
             Self::Active => "active",
         }
     }
@@ -63,6 +69,7 @@ impl Stage {
         match s {
             "password_change" => Some(Self::PasswordChange),
             "second_factor" => Some(Self::SecondFactor),
+            "enroll_mfa" => Some(Self::EnrollMfa),
             "active" => Some(Self::Active),
             _ => None,
         }
@@ -96,6 +103,8 @@ pub struct Session {
     pub expires_at: u64,
     /// Seconds of inactivity after which the session is over.
     pub idle_timeout: u64,
+    /// A TOTP secret being enrolled (sealed), until the user confirms it with a code.
+    pub pending_totp: Option<String>,
 }
 
 impl Session {
@@ -146,4 +155,33 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<u64, StoreError>;
     /// Remove sessions past their absolute expiry; returns how many.
     fn purge_sessions(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Keep a TOTP secret being enrolled with the session (sealed), or forget it.
+    fn set_pending_totp(
+        &self,
+        token_hash: &[u8; 32],
+        sealed: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Turn TOTP on with `sealed` secret and these recovery-code hashes (replacing any), with
+    /// `step` as the last used step; or off (`None`), removing the codes. False if no user.
+    fn set_totp(
+        &self,
+        tenant: &str,
+        username: &str,
+        sealed: Option<&str>,
+        recovery_hashes: &[String],
+        step: u64,
+    ) -> Result<bool, StoreError>;
+    /// Atomically accept time step `step` if it is later than every step used before
+    /// (RFC 6238 §5.2): true once per step, whichever instance asks first.
+    fn use_totp_step(&self, tenant: &str, username: &str, step: u64) -> Result<bool, StoreError>;
+    /// Consume a recovery code by its hash: true exactly once.
+    fn use_recovery_code(
+        &self,
+        tenant: &str,
+        username: &str,
+        hash: &str,
+    ) -> Result<bool, StoreError>;
+    /// How many recovery codes the user has left.
+    fn recovery_codes_left(&self, tenant: &str, username: &str) -> Result<u64, StoreError>;
 }

@@ -83,6 +83,18 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX session_user ON session (tenant, username);
     CREATE INDEX session_expiry ON session (expires_at);",
+    // v3: TOTP second factor. The secret is sealed (AES-256-GCM bound to tenant, user and
+    // field); `totp_last_step` makes every time step usable once (RFC 6238 §5.2); recovery
+    // codes are stored only as hashes.
+    "ALTER TABLE user ADD COLUMN totp_secret TEXT;
+    ALTER TABLE user ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE session ADD COLUMN pending_totp TEXT;
+    CREATE TABLE recovery_code (
+        tenant    TEXT NOT NULL,
+        username  TEXT NOT NULL,
+        code_hash TEXT NOT NULL,
+        PRIMARY KEY (tenant, username, code_hash)
+    ) WITHOUT ROWID;",
 ];
 
 const RECORD_COLUMNS: &str = "seq, hash, time_ms, tenant, event, actor, subject, client_ip, \

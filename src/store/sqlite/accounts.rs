@@ -7,9 +7,9 @@ use crate::store::accounts::{AccountStore, Session, Stage, User};
 use crate::store::StoreError;
 
 const USER_COLUMNS: &str =
-    "tenant, username, password_hash, roles, disabled, created_at, password_changed_at";
+    "tenant, username, password_hash, roles, disabled, created_at, password_changed_at, totp_secret";
 const SESSION_COLUMNS: &str = "token_hash, id, tenant, username, stage, amr, csrf, return_to, \
-                               created_at, last_seen, expires_at, idle_timeout";
+                               created_at, last_seen, expires_at, idle_timeout, pending_totp";
 
 fn secs(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("time {v} out of range")))
@@ -37,6 +37,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<(User, String, i64, i64)> {
             disabled: row.get(4)?,
             created_at: 0,
             password_changed_at: 0,
+            totp_secret: row.get(7)?,
         },
         row.get(3)?,
         row.get(5)?,
@@ -66,6 +67,7 @@ type SessionRow = (
     i64,
     i64,
     i64,
+    Option<String>,
 );
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
@@ -82,6 +84,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
         row.get(9)?,
         row.get(10)?,
         row.get(11)?,
+        row.get(12)?,
     ))
 }
 
@@ -103,6 +106,7 @@ fn finish_session(r: SessionRow) -> Result<Session, StoreError> {
         last_seen: from_secs(r.9)?,
         expires_at: from_secs(r.10)?,
         idle_timeout: from_secs(r.11)?,
+        pending_totp: r.12,
     })
 }
 
@@ -111,7 +115,7 @@ impl AccountStore for SqliteStore {
         let conn = self.lock();
         let inserted = conn
             .execute(
-                &format!("INSERT OR IGNORE INTO user ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!("INSERT OR IGNORE INTO user ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
                 params![
                     user.tenant,
                     user.username,
@@ -120,6 +124,7 @@ impl AccountStore for SqliteStore {
                     user.disabled,
                     secs(user.created_at)?,
                     secs(user.password_changed_at)?,
+                    user.totp_secret,
                 ],
             )
             .ctx("create user")?;
@@ -197,7 +202,7 @@ impl AccountStore for SqliteStore {
         let conn = self.lock();
         conn.execute(
             &format!(
-                "INSERT INTO session ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                "INSERT INTO session ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 s.token_hash.as_slice(),
@@ -212,6 +217,7 @@ impl AccountStore for SqliteStore {
                 secs(s.last_seen)?,
                 secs(s.expires_at)?,
                 secs(s.idle_timeout)?,
+                s.pending_totp,
             ],
         )
         .ctx("create session")?;
@@ -279,6 +285,96 @@ impl AccountStore for SqliteStore {
             .ctx("purge sessions")?;
         Ok(n as u64)
     }
+
+    fn set_pending_totp(
+        &self,
+        token_hash: &[u8; 32],
+        sealed: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE session SET pending_totp = ?2 WHERE token_hash = ?1",
+            params![token_hash.as_slice(), sealed],
+        )
+        .ctx("set pending totp")?;
+        Ok(())
+    }
+
+    fn set_totp(
+        &self,
+        tenant: &str,
+        username: &str,
+        sealed: Option<&str>,
+        recovery_hashes: &[String],
+        step: u64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().ctx("begin set totp")?;
+        let n = tx
+            .execute(
+                "UPDATE user SET totp_secret = ?3, totp_last_step = ?4 WHERE tenant = ?1 AND username = ?2",
+                params![tenant, username, sealed, secs(step)?],
+            )
+            .ctx("set totp")?;
+        tx.execute(
+            "DELETE FROM recovery_code WHERE tenant = ?1 AND username = ?2",
+            params![tenant, username],
+        )
+        .ctx("clear recovery codes")?;
+        if sealed.is_some() {
+            for hash in recovery_hashes {
+                tx.execute(
+                    "INSERT OR IGNORE INTO recovery_code (tenant, username, code_hash) VALUES (?1, ?2, ?3)",
+                    params![tenant, username, hash],
+                )
+                .ctx("store recovery code")?;
+            }
+        }
+        tx.commit().ctx("commit set totp")?;
+        Ok(n == 1)
+    }
+
+    fn use_totp_step(&self, tenant: &str, username: &str, step: u64) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        // One conditional UPDATE is the check-and-set: two requests with the same code cannot
+        // both see the old step.
+        let n = conn
+            .execute(
+                "UPDATE user SET totp_last_step = ?3 \
+                 WHERE tenant = ?1 AND username = ?2 AND totp_secret IS NOT NULL AND totp_last_step < ?3",
+                params![tenant, username, secs(step)?],
+            )
+            .ctx("use totp step")?;
+        Ok(n == 1)
+    }
+
+    fn use_recovery_code(
+        &self,
+        tenant: &str,
+        username: &str,
+        hash: &str,
+    ) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "DELETE FROM recovery_code WHERE tenant = ?1 AND username = ?2 AND code_hash = ?3",
+                params![tenant, username, hash],
+            )
+            .ctx("use recovery code")?;
+        Ok(n == 1)
+    }
+
+    fn recovery_codes_left(&self, tenant: &str, username: &str) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM recovery_code WHERE tenant = ?1 AND username = ?2",
+                params![tenant, username],
+                |row| row.get(0),
+            )
+            .ctx("count recovery codes")?;
+        from_secs(n)
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +390,7 @@ mod tests {
             disabled: false,
             created_at: 10,
             password_changed_at: 10,
+            totp_secret: None,
         }
     }
 
@@ -311,6 +408,7 @@ mod tests {
             last_seen: 100,
             expires_at: 1000,
             idle_timeout: 60,
+            pending_totp: None,
         }
     }
 
@@ -389,6 +487,58 @@ mod tests {
         assert!(store.session(&[3; 32]).expect("read").is_some());
         assert!(store.delete_session(&[1; 32]).expect("delete"));
         assert_eq!(store.purge_sessions(1000).expect("purge"), 1);
+    }
+
+    #[test]
+    fn each_totp_step_is_accepted_once_and_recovery_codes_once() {
+        let store = SqliteStore::open_in_memory().expect("store");
+        store.create_user(&user("acme", "alice")).expect("user");
+        assert!(
+            !store.use_totp_step("acme", "alice", 5).expect("cas"),
+            "no TOTP yet"
+        );
+        let codes = vec!["h1".to_string(), "h2".to_string()];
+        assert!(store
+            .set_totp("acme", "alice", Some("sealed"), &codes, 3)
+            .expect("set"));
+        assert!(store.use_totp_step("acme", "alice", 5).expect("cas"));
+        assert!(
+            !store.use_totp_step("acme", "alice", 5).expect("cas"),
+            "replay"
+        );
+        assert!(
+            !store.use_totp_step("acme", "alice", 4).expect("cas"),
+            "older step"
+        );
+        assert!(store.use_totp_step("acme", "alice", 6).expect("cas"));
+        assert_eq!(
+            store.recovery_codes_left("acme", "alice").expect("count"),
+            2
+        );
+        assert!(store.use_recovery_code("acme", "alice", "h1").expect("use"));
+        assert!(
+            !store.use_recovery_code("acme", "alice", "h1").expect("use"),
+            "once"
+        );
+        assert!(
+            !store
+                .use_recovery_code("globex", "alice", "h2")
+                .expect("use"),
+            "other tenant"
+        );
+        assert!(store.set_totp("acme", "alice", None, &[], 0).expect("off"));
+        assert_eq!(
+            store.recovery_codes_left("acme", "alice").expect("count"),
+            0
+        );
+        assert_eq!(
+            store
+                .user("acme", "alice")
+                .expect("read")
+                .expect("exists")
+                .totp_secret,
+            None
+        );
     }
 
     #[test]
