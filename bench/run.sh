@@ -294,6 +294,10 @@ EOF
 
 start_gateway() {
     write_gateway_config
+    "$BIN" keygen --config "$TMP/gateway/portcullis.toml" >"$TMP/keygen.log" 2>&1 || {
+        cat "$TMP/keygen.log" >&2
+        die "portcullis keygen failed for the generated benchmark config"
+    }
     "$BIN" check --config "$TMP/gateway/portcullis.toml" >"$TMP/check.log" 2>&1 || {
         cat "$TMP/check.log" >&2
         die "portcullis check rejected the generated benchmark config"

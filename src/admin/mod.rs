@@ -1,6 +1,9 @@
 //! The operator listener (hyper, default 127.0.0.1:9090): health, readiness and metrics, and
 //! the bearer-token operator API under `/v1/`. It is a separate listener from the data plane
-//! so it is never reachable through a tenant host.
+//! so it is never reachable through a tenant host. The API itself is in [`api`]; the token
+//! check is here, in front of it (only the OpenAPI document is served without one).
+
+pub mod api;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,7 +19,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Mutex;
 
-use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::gateway::state::Shared;
 use crate::keys::token::TokenDigest;
 
@@ -47,16 +49,7 @@ impl AdminService {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
-    );
-    resp
-}
-
+/// A JSON response.
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
@@ -65,65 +58,6 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
         http::HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// Answer one `/v1/…` operator API request (bearer token checked by the caller).
-async fn api(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        (&Method::POST, ["v1", "tenants", tenant, "users", user, "unlock"]) => {
-            let known = shared
-                .runtime
-                .load()
-                .config
-                .tenants
-                .iter()
-                .any(|t| t.id == *tenant);
-            if !known {
-                return json(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({ "error": "unknown_tenant" }),
-                );
-            }
-            match shared.auth.limiter.unlock(tenant, user).await {
-                Ok(was_locked) => {
-                    shared.audit.record(AuditEvent {
-                        actor: Some("operator-api".into()),
-                        subject: Some((*user).to_string()),
-                        reason: Some(
-                            if was_locked {
-                                "was_locked"
-                            } else {
-                                "was_not_locked"
-                            }
-                            .into(),
-                        ),
-                        ..AuditEvent::new(
-                            shared.clock.now_utc(),
-                            (*tenant).to_string(),
-                            EventKind::AccountUnlocked,
-                            Outcome::Success,
-                        )
-                    });
-                    json(
-                        StatusCode::OK,
-                        &serde_json::json!({ "unlocked": true, "was_locked": was_locked }),
-                    )
-                }
-                Err(e) => {
-                    tracing::error!("unlock failed: {e}");
-                    json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &serde_json::json!({ "error": "limiter_unavailable" }),
-                    )
-                }
-            }
-        }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({ "error": "not_found" }),
-        ),
-    }
 }
 
 /// The bearer token of a request, if it sent one.
@@ -197,7 +131,9 @@ impl BackgroundService for AdminService {
                 _ = shutdown.changed() => return,
                 accepted = listener.accept() => accepted,
             };
-            let Ok((stream, _)) = accepted else { continue };
+            let Ok((stream, peer)) = accepted else {
+                continue;
+            };
             let shared = Arc::clone(&self.shared);
             let token = self.token.clone();
             tokio::spawn(async move {
@@ -206,18 +142,32 @@ impl BackgroundService for AdminService {
                     let token = token.clone();
                     async move {
                         let path = req.uri().path();
-                        let resp = if path.starts_with("/v1/") {
+                        let resp = if path == api::OPENAPI_PATH {
+                            api::openapi(req.method())
+                        } else if path.starts_with("/v1/") {
                             match (&token, bearer(req.headers())) {
-                                (None, _) => text(
+                                (None, _) => json(
                                     StatusCode::NOT_FOUND,
-                                    "operator API off: no token file (run portcullis keygen)\n",
+                                    &serde_json::json!({ "error": "operator_api_off" }),
                                 ),
                                 (Some(t), Some(presented)) if t.matches(presented) => {
-                                    api(&shared, req.method(), path).await
+                                    let request = api::ApiRequest {
+                                        method: req.method(),
+                                        path,
+                                        query: req.uri().query(),
+                                        user_agent: req
+                                            .headers()
+                                            .get(http::header::USER_AGENT)
+                                            .and_then(|v| v.to_str().ok()),
+                                        peer: Some(peer.ip()),
+                                    };
+                                    api::handle(&shared, &request).await
                                 }
                                 _ => {
-                                    let mut r =
-                                        text(StatusCode::UNAUTHORIZED, "bearer token required\n");
+                                    let mut r = json(
+                                        StatusCode::UNAUTHORIZED,
+                                        &serde_json::json!({ "error": "unauthorized" }),
+                                    );
                                     r.headers_mut().insert(
                                         http::header::WWW_AUTHENTICATE,
                                         http::HeaderValue::from_static("Bearer"),

@@ -12,6 +12,8 @@
 //! headers other than the user agent. Callers must not put secrets into `reason` or `subject`.
 
 pub mod chain;
+pub mod filter;
+pub mod retention;
 mod sink;
 
 pub use sink::{AuditSink, DEFAULT_QUEUE_CAPACITY};
@@ -86,11 +88,14 @@ pub enum EventKind {
     MfaRemoved,
     /// An operator removed a user's second factor (lost device).
     MfaReset,
+    /// An operator asked the running gateway to reload its configuration (the result follows
+    /// as `config_reloaded` or `config_rejected`).
+    ConfigReloadRequested,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::ConfigReloaded,
         EventKind::ConfigRejected,
         EventKind::RequestDenied,
@@ -114,6 +119,7 @@ impl EventKind {
         EventKind::RecoveryCodeUsed,
         EventKind::MfaRemoved,
         EventKind::MfaReset,
+        EventKind::ConfigReloadRequested,
     ];
 
     /// The stable snake_case name (same as the serde name).
@@ -142,6 +148,7 @@ impl EventKind {
             EventKind::RecoveryCodeUsed => "recovery_code_used",
             EventKind::MfaRemoved => "mfa_removed",
             EventKind::MfaReset => "mfa_reset",
+            EventKind::ConfigReloadRequested => "config_reload_requested",
         }
     }
 }
@@ -468,6 +475,7 @@ mod tests {
                 "recovery_code_used",
                 "mfa_removed",
                 "mfa_reset",
+                "config_reload_requested",
             ]
         );
         for kind in EventKind::ALL {

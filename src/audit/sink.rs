@@ -32,6 +32,8 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 enum Command {
     // Boxed: an event is far larger than a flush request.
     Record(Box<AuditEvent>),
+    /// Record, and say when it is on disk (or failed: the sender learns which).
+    RecordDurable(Box<AuditEvent>, tokio::sync::oneshot::Sender<bool>),
     Flush(SyncSender<()>),
 }
 
@@ -95,6 +97,30 @@ impl AuditSink {
         }
     }
 
+    /// Records `event` and returns once it is committed to the store (fsynced): for security
+    /// events, so a crash right after the action cannot lose its record. Batched with other
+    /// events, so it costs one shared commit, not one each. Returns false if it was not stored.
+    pub async fn record_durable(&self, event: AuditEvent) -> bool {
+        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+        let command = Command::RecordDurable(Box::new(event), ack_tx);
+        let queued = match self.tx.try_send(command) {
+            Ok(()) => true,
+            // A full queue is waited out on a blocking thread rather than dropping the event.
+            Err(TrySendError::Full(command)) => {
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(command).is_ok())
+                    .await
+                    .unwrap_or(false)
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        };
+        let stored = queued && ack_rx.await.unwrap_or(false);
+        if !stored {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        stored
+    }
+
     /// Blocks until every event queued before this call has been written (or has failed).
     /// For tests and shutdown; from async code call it via `spawn_blocking`.
     pub fn flush(&self) {
@@ -143,11 +169,16 @@ impl Drop for WriterThread {
 fn run_writer(store: &dyn AuditStore, rx: &Receiver<Command>, stats: &Stats) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut acks = Vec::new();
+    let mut durable_acks = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(command) = next {
             match command {
                 Command::Record(event) => batch.push(*event),
+                Command::RecordDurable(event, ack) => {
+                    batch.push(*event);
+                    durable_acks.push(ack);
+                }
                 Command::Flush(ack) => acks.push(ack),
             }
             next = if batch.len() < MAX_BATCH {
@@ -156,8 +187,10 @@ fn run_writer(store: &dyn AuditStore, rx: &Receiver<Command>, stats: &Stats) {
                 None
             };
         }
+        let mut stored = true;
         if !batch.is_empty() {
             if let Err(error) = store.append(&batch) {
+                stored = false;
                 let total = stats
                     .failed
                     .fetch_add(batch.len() as u64, Ordering::Relaxed)
@@ -171,6 +204,9 @@ fn run_writer(store: &dyn AuditStore, rx: &Receiver<Command>, stats: &Stats) {
         for ack in acks.drain(..) {
             // The flusher may have given up waiting; nothing to do then.
             let _ = ack.send(());
+        }
+        for ack in durable_acks.drain(..) {
+            let _ = ack.send(stored);
         }
     }
 }

@@ -43,7 +43,11 @@ use crate::store::{Session, Stage, Store, StoreError};
 
 use super::jwt::{self, Claims, JwtError, Keyring, TokenCache};
 
+mod admin;
 mod mfa;
+pub use admin::{
+    ActionOutcome, Actor, SessionSummary, UserAction, UserSummary, ADMIN_ROLE, PAGE_SIZE,
+};
 use arc_swap::ArcSwap;
 
 /// Largest body a gateway endpoint reads; a login form is a few hundred bytes.
@@ -302,7 +306,8 @@ impl Auth {
                     Outcome::Denied,
                     Some(account),
                     Some(reason.as_str()),
-                );
+                )
+                .await;
                 let secs = retry_after_secs(retry_after);
                 let mut reply = if req.wants_json() {
                     Reply::json(
@@ -345,7 +350,8 @@ impl Auth {
                     Outcome::Denied,
                     Some(account),
                     Some("consecutive_failures"),
-                );
+                )
+                .await;
             }
             self.limiter.failure(ticket);
         }
@@ -396,7 +402,9 @@ impl Auth {
             .map_err(AuthError::from)
     }
 
-    fn audit(
+    /// Record a security event and wait until it is stored: the answer to the user goes out
+    /// only after its audit record is durable.
+    async fn audit(
         &self,
         req: &AuthRequest<'_>,
         event: EventKind,
@@ -404,14 +412,20 @@ impl Auth {
         subject: Option<&str>,
         reason: Option<&str>,
     ) {
-        self.audit.record(AuditEvent {
-            actor: subject.map(str::to_string),
-            subject: subject.map(str::to_string),
-            client_ip: req.client_ip,
-            user_agent: req.user_agent(),
-            reason: reason.map(str::to_string),
-            ..AuditEvent::new(self.clock.now_utc(), req.tenant.id.clone(), event, outcome)
-        });
+        let stored = self
+            .audit
+            .record_durable(AuditEvent {
+                actor: subject.map(str::to_string),
+                subject: subject.map(str::to_string),
+                client_ip: req.client_ip,
+                user_agent: req.user_agent(),
+                reason: reason.map(str::to_string),
+                ..AuditEvent::new(self.clock.now_utc(), req.tenant.id.clone(), event, outcome)
+            })
+            .await;
+        if !stored {
+            tracing::error!(event = event.as_str(), "audit event could not be stored");
+        }
     }
 
     /// The session behind the request's cookie, if any; audits sessions found ended.
@@ -479,6 +493,9 @@ impl Auth {
             (&Method::POST, "/.auth/mfa") => self.mfa_verify(req).await,
             (&Method::GET, "/.auth/mfa/enroll") => self.enroll_form(req).await,
             (&Method::POST, "/.auth/mfa/enroll") => self.enroll_post(req).await,
+            (_, path) if path == "/.auth/admin" || path.starts_with("/.auth/admin/") => {
+                self.admin(req).await
+            }
             (&Method::GET, "/.auth/jwks.json") => {
                 let mut reply = Reply::json(200, &jwks());
                 reply
@@ -577,7 +594,8 @@ impl Auth {
                 Outcome::Denied,
                 None,
                 Some("csrf"),
-            );
+            )
+            .await;
             return Ok(error_reply(
                 req,
                 403,
@@ -625,7 +643,9 @@ impl Auth {
                     Outcome::Failure,
                     Some(&username),
                     Some(reason),
-                );
+                )
+                .await;
+                self.settle(req, ticket, &username, false).await;
                 return Ok(if json {
                     Reply::json_error(401, "invalid_credentials")
                 } else {
@@ -666,7 +686,8 @@ impl Auth {
             Outcome::Success,
             Some(&user.username),
             Some(stage.as_str()),
-        );
+        )
+        .await;
         Ok(self
             .next_step(req, &token, &session)
             .cookie(cookie::clear(LOGIN_CSRF)))
@@ -821,7 +842,8 @@ impl Auth {
                 Outcome::Failure,
                 Some(&session.username),
                 Some(code),
-            );
+            )
+            .await;
             return Ok(if json {
                 Reply::json_error(400, code)
             } else {
@@ -856,7 +878,8 @@ impl Auth {
             Outcome::Success,
             Some(&session.username),
             None,
-        );
+        )
+        .await;
         if revoked > 1 {
             self.audit(
                 req,
@@ -864,7 +887,8 @@ impl Auth {
                 Outcome::Success,
                 Some(&session.username),
                 Some("password_changed"),
-            );
+            )
+            .await;
         }
         // An active user stays active; one forced to change continues the login.
         let stage = match session.stage {
@@ -941,7 +965,8 @@ impl Auth {
             Outcome::Success,
             Some(&id.session.username),
             None,
-        );
+        )
+        .await;
         let reply = if json {
             Reply::json(200, &serde_json::json!({ "ok": true }))
         } else {

@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use crate::audit::{AuditRecord, EventKind};
+
 /// The one stylesheet, inline. Its SHA-256 is in the CSP, so changing it changes the policy.
 const STYLE: &str = "\
 :root{color-scheme:light dark;font-family:system-ui,sans-serif;line-height:1.5}\
@@ -24,7 +26,15 @@ button{margin-top:1.5rem;padding:.5rem 1.25rem;font:inherit;font-weight:600;curs
 border:1px solid ButtonText;border-radius:4px;background:ButtonFace;color:ButtonText}\
 input:focus,button:focus{outline:3px solid Highlight;outline-offset:2px}\
 .error{padding:.75rem;border:2px solid #b00020;border-radius:4px}\
-.hint{margin:.25rem 0 0;font-size:.875rem}";
+.hint{margin:.25rem 0 0;font-size:.875rem}\
+main:has(.wide){max-width:72rem}\
+nav{margin-bottom:1rem}nav a{margin-right:1rem}\
+select{box-sizing:border-box;width:100%;padding:.5rem;font:inherit}\
+.filters{display:grid;grid-template-columns:repeat(auto-fit,minmax(10rem,1fr));gap:0 1rem}\
+table{border-collapse:collapse;width:100%;margin-top:1rem;font-size:.875rem}\
+th,td{text-align:left;vertical-align:top;padding:.25rem .5rem;\
+border-bottom:1px solid GrayText;overflow-wrap:anywhere}\
+td form{display:inline}td button{margin:0 .25rem .25rem 0;padding:.125rem .5rem;font-weight:400}";
 
 /// The Content-Security-Policy for every page here: nothing but the inline style (by its
 /// SHA-256, CSP Level 3 §8.4), forms only to this origin, never framed (clickjacking), no
@@ -276,6 +286,221 @@ pub fn message_page(title: &str, text: &str) -> String {
     layout(&title, &body)
 }
 
+/// The tenant admin's navigation, on every admin page.
+fn admin_nav() -> &'static str {
+    "<nav aria-label=\"Administration\">\
+     <a href=\"/.auth/admin/audit\">Audit log</a>\
+     <a href=\"/.auth/admin/users\">Users</a>\
+     <a href=\"/.auth/admin/saml\">SAML</a>\
+     <a href=\"/.auth/logout\">Sign out</a>\
+     </nav>\n"
+}
+
+/// What the tenant admin's audit log page shows.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAuditPage<'a> {
+    /// The tenant's display name.
+    pub tenant_name: &'a str,
+    /// The page of records, newest first.
+    pub records: &'a [AuditRecord],
+    /// The filters as typed, to refill the form.
+    pub since: &'a str,
+    /// See `since`.
+    pub until: &'a str,
+    /// The selected event type name, or empty for all.
+    pub event: &'a str,
+    /// See `since`.
+    pub user: &'a str,
+    /// The current filters as a URL-encoded query (no `before`, no `format`), for the links.
+    pub filter_query: &'a str,
+    /// The cursor of the next (older) page, if there is one.
+    pub next_before: Option<u64>,
+    /// Why the filters were refused, for people to read.
+    pub error: Option<&'a str>,
+}
+
+/// The tenant admin's audit log: a GET filter form (`since`, `until`, `event`, `user`), a
+/// table of records, a link to older records, and CSV / JSON exports of the same filters.
+pub fn admin_audit_page(page: &AdminAuditPage<'_>) -> String {
+    let title = format!("Audit log of {}", escape_html(page.tenant_name));
+    let options: String = std::iter::once(("", "All events"))
+        .chain(EventKind::ALL.iter().map(|k| (k.as_str(), k.as_str())))
+        .map(|(value, label)| {
+            let selected = if value == page.event { " selected" } else { "" };
+            format!("<option value=\"{value}\"{selected}>{label}</option>\n")
+        })
+        .collect();
+    let rows: String = page
+        .records
+        .iter()
+        .map(|r| {
+            let e = &r.event;
+            let time = e
+                .time
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            let cell = |v: Option<&str>| escape_html(v.unwrap_or(""));
+            format!(
+                "<tr><td>{seq}</td><td>{time}</td><td>{event}</td><td>{outcome}</td>\
+                 <td>{actor}</td><td>{subject}</td><td>{ip}</td><td>{reason}</td>\
+                 <td>{agent}</td></tr>\n",
+                seq = r.seq,
+                time = escape_html(&time),
+                event = e.event.as_str(),
+                outcome = e.outcome.as_str(),
+                actor = cell(e.actor.as_deref()),
+                subject = cell(e.subject.as_deref()),
+                ip = escape_html(&e.client_ip.map(|ip| ip.to_string()).unwrap_or_default()),
+                reason = cell(e.reason.as_deref()),
+                agent = cell(e.user_agent.as_deref()),
+            )
+        })
+        .collect();
+    let table = if page.records.is_empty() {
+        "<p>No events match these filters.</p>\n".to_string()
+    } else {
+        format!(
+            "<table>\n<thead><tr><th scope=\"col\">#</th><th scope=\"col\">Time (UTC)</th>\
+             <th scope=\"col\">Event</th><th scope=\"col\">Outcome</th>\
+             <th scope=\"col\">Actor</th><th scope=\"col\">Subject</th>\
+             <th scope=\"col\">Client IP</th><th scope=\"col\">Reason</th>\
+             <th scope=\"col\">User agent</th></tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n"
+        )
+    };
+    let link = |extra: &str| {
+        let parts: Vec<&str> = [page.filter_query, extra]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.is_empty() {
+            "/.auth/admin/audit".to_string()
+        } else {
+            escape_html(&format!("/.auth/admin/audit?{}", parts.join("&")))
+        }
+    };
+    let older = page.next_before.map_or_else(String::new, |n| {
+        format!(
+            "<a href=\"{}\" rel=\"next\">Older events</a> ",
+            link(&format!("before={n}"))
+        )
+    });
+    let body = format!(
+        "<div class=\"wide\">\n{nav}<h1>{title}</h1>\n{error}\
+         <form method=\"get\" action=\"/.auth/admin/audit\">\n<div class=\"filters\">\n\
+         <div><label for=\"since\">Since</label>\n\
+         <input id=\"since\" name=\"since\" type=\"text\" value=\"{since}\" \
+         placeholder=\"24h, 7d or 2024-05-01T00:00:00Z\" aria-describedby=\"time_hint\"></div>\n\
+         <div><label for=\"until\">Until</label>\n\
+         <input id=\"until\" name=\"until\" type=\"text\" value=\"{until}\" \
+         aria-describedby=\"time_hint\"></div>\n\
+         <div><label for=\"event\">Event</label>\n\
+         <select id=\"event\" name=\"event\">\n{options}</select></div>\n\
+         <div><label for=\"user\">User</label>\n\
+         <input id=\"user\" name=\"user\" type=\"text\" value=\"{user}\" \
+         autocapitalize=\"none\" spellcheck=\"false\"></div>\n</div>\n\
+         <p class=\"hint\" id=\"time_hint\">Times are RFC 3339, a date, or a span back from \
+         now such as 24h or 7d.</p>\n\
+         <button type=\"submit\">Filter</button>\n</form>\n\
+         {table}<p>{older}<a href=\"{newest}\">Newest</a> \
+         <a href=\"{csv}\">Download CSV</a> <a href=\"{json}\">JSON</a></p>\n</div>\n",
+        nav = admin_nav(),
+        error = error_block(page.error),
+        since = escape_html(page.since),
+        until = escape_html(page.until),
+        user = escape_html(page.user),
+        newest = link(""),
+        csv = link("format=csv"),
+        json = link("format=json"),
+    );
+    layout(&title, &body)
+}
+
+/// One account on the tenant admin's user list.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminUserRow<'a> {
+    /// Username.
+    pub username: &'a str,
+    /// Roles.
+    pub roles: &'a [String],
+    /// Whether the account is disabled.
+    pub disabled: bool,
+    /// Whether two-step verification is on.
+    pub mfa: bool,
+    /// Live sessions.
+    pub sessions: u64,
+}
+
+/// The tenant admin's user list; each row has forms posting `csrf` to
+/// `/.auth/admin/users/{name}/{disable|enable|reset-mfa|revoke-sessions}`. `me` (the admin
+/// looking) gets no disable button.
+pub fn admin_users_page(
+    tenant_name: &str,
+    csrf_token: &str,
+    users: &[AdminUserRow<'_>],
+    me: &str,
+    notice: Option<&str>,
+) -> String {
+    let title = format!("Users of {}", escape_html(tenant_name));
+    let csrf = escape_html(csrf_token);
+    let rows: String = users
+        .iter()
+        .map(|u| {
+            let name = escape_html(u.username);
+            let button = |action: &str, label: &str| {
+                format!(
+                    "<form method=\"post\" action=\"/.auth/admin/users/{name}/{action}\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <button type=\"submit\">{label}</button></form>"
+                )
+            };
+            let mut actions = String::new();
+            if u.disabled {
+                actions.push_str(&button("enable", "Enable"));
+            } else if u.username != me {
+                actions.push_str(&button("disable", "Disable"));
+            }
+            if u.mfa {
+                actions.push_str(&button("reset-mfa", "Reset two-step verification"));
+            }
+            if u.sessions > 0 {
+                actions.push_str(&button("revoke-sessions", "Sign out everywhere"));
+            }
+            format!(
+                "<tr><td>{name}</td><td>{roles}</td><td>{status}</td><td>{mfa}</td>\
+                 <td>{sessions}</td><td>{actions}</td></tr>\n",
+                roles = escape_html(&u.roles.join(", ")),
+                status = if u.disabled { "disabled" } else { "active" },
+                mfa = if u.mfa { "on" } else { "off" },
+                sessions = u.sessions,
+            )
+        })
+        .collect();
+    let notice = notice.map_or_else(String::new, |n| {
+        format!("<p role=\"status\">{}</p>\n", escape_html(n))
+    });
+    let body = format!(
+        "<div class=\"wide\">\n{nav}<h1>{title}</h1>\n{notice}\
+         <table>\n<thead><tr><th scope=\"col\">User</th><th scope=\"col\">Roles</th>\
+         <th scope=\"col\">Status</th><th scope=\"col\">Two-step verification</th>\
+         <th scope=\"col\">Sessions</th><th scope=\"col\">Actions</th></tr></thead>\n\
+         <tbody>\n{rows}</tbody>\n</table>\n</div>\n",
+        nav = admin_nav(),
+    );
+    layout(&title, &body)
+}
+
+/// The tenant's SAML settings (read-only): none yet.
+pub fn admin_saml_page(tenant_name: &str) -> String {
+    let title = format!("SAML of {}", escape_html(tenant_name));
+    let body = format!(
+        "{nav}<h1>{title}</h1>\n\
+         <p>SAML single sign-on is not configured for this organisation yet. Users sign in with \
+         a password.</p>\n",
+        nav = admin_nav(),
+    );
+    layout(&title, &body)
+}
+
 /// The document around a page body. `title` is already escaped.
 fn layout(title: &str, body: &str) -> String {
     format!(
@@ -513,6 +738,161 @@ mod tests {
         assert!(html.contains("<form method=\"post\" action=\"/.auth/logout\">"));
         assert_eq!(field_names(&html), ["csrf"]);
         assert!(html.contains("<button type=\"submit\">"));
+    }
+
+    fn admin_record(text: &str, reason: &str) -> AuditRecord {
+        let event = crate::audit::AuditEvent {
+            actor: Some(text.into()),
+            subject: Some(text.into()),
+            user_agent: Some(text.into()),
+            reason: Some(reason.into()),
+            ..crate::audit::AuditEvent::new(
+                time::OffsetDateTime::UNIX_EPOCH,
+                "acme",
+                EventKind::LoginFailed,
+                crate::audit::Outcome::Failure,
+            )
+        };
+        AuditRecord {
+            seq: 7,
+            hash: crate::audit::chain::GENESIS,
+            event,
+        }
+    }
+
+    fn admin_pages(text: &str) -> Vec<String> {
+        let records = [admin_record(text, text)];
+        let roles = vec![text.to_string()];
+        vec![
+            admin_audit_page(&AdminAuditPage {
+                tenant_name: text,
+                records: &records,
+                since: text,
+                until: text,
+                event: "login_failed",
+                user: text,
+                filter_query: "event=login_failed&x=\"><script>",
+                next_before: Some(7),
+                error: Some(text),
+            }),
+            admin_users_page(
+                text,
+                text,
+                &[AdminUserRow {
+                    username: text,
+                    roles: &roles,
+                    disabled: false,
+                    mfa: true,
+                    sessions: 2,
+                }],
+                "alice",
+                Some(text),
+            ),
+            admin_saml_page(text),
+        ]
+    }
+
+    #[test]
+    fn admin_pages_escape_every_value_and_hold_no_script() {
+        for html in admin_pages("plain text") {
+            assert!(!has_event_handler(&html), "{html}");
+        }
+        for html in admin_pages(XSS) {
+            assert!(!html.to_ascii_lowercase().contains("<script"), "{html}");
+            assert!(!html.contains("<img"), "{html}");
+            assert!(!html.contains("\"'>"), "{html}");
+            assert!(!html.contains(" style="), "{html}");
+            assert!(html.starts_with("<!doctype html>\n<html lang=\"en\">"));
+            let (_, rest) = html.split_once("<style>").expect("style element");
+            let (style, _) = rest.split_once("</style>").expect("closed");
+            let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(style));
+            assert!(csp().contains(&format!("'sha256-{hash}'")));
+            for id in html
+                .split(" id=\"")
+                .skip(1)
+                .filter_map(|s| s.split('"').next())
+            {
+                if html.contains(&format!("<input id=\"{id}\""))
+                    || html.contains(&format!("<select id=\"{id}\""))
+                {
+                    assert!(html.contains(&format!("<label for=\"{id}\">")), "{id}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn admin_audit_page_keeps_filters_in_its_links_and_selects_the_event() {
+        let records = [admin_record("bob", "bad_password")];
+        let html = admin_audit_page(&AdminAuditPage {
+            tenant_name: "Acme",
+            records: &records,
+            since: "24h",
+            until: "",
+            event: "login_failed",
+            user: "bob",
+            filter_query: "since=24h&event=login_failed&user=bob",
+            next_before: Some(7),
+            error: None,
+        });
+        assert!(html.contains("<form method=\"get\" action=\"/.auth/admin/audit\">"));
+        assert_eq!(field_names(&html), ["since", "until", "user"]);
+        assert!(html.contains("<option value=\"login_failed\" selected>"));
+        assert_eq!(html.matches(" selected>").count(), 1);
+        assert!(html
+            .contains("href=\"/.auth/admin/audit?since=24h&amp;event=login_failed&amp;user=bob&amp;before=7\""));
+        assert!(html.contains("&amp;format=csv\""));
+        assert!(html.contains("&amp;format=json\""));
+        assert!(html.contains("<td>bad_password</td>"));
+        let last = admin_audit_page(&AdminAuditPage {
+            next_before: None,
+            filter_query: "",
+            ..AdminAuditPage {
+                tenant_name: "Acme",
+                records: &[],
+                since: "",
+                until: "",
+                event: "",
+                user: "",
+                filter_query: "",
+                next_before: None,
+                error: None,
+            }
+        });
+        assert!(!last.contains("Older events"));
+        assert!(last.contains("No events match"));
+        assert!(last.contains("href=\"/.auth/admin/audit\""));
+    }
+
+    #[test]
+    fn admin_users_page_posts_each_action_with_the_csrf_token() {
+        let roles = vec!["admin".to_string()];
+        let row = |username, disabled, mfa, sessions| AdminUserRow {
+            username,
+            roles: &roles,
+            disabled,
+            mfa,
+            sessions,
+        };
+        let html = admin_users_page(
+            "Acme",
+            "tok123",
+            &[row("alice", false, true, 1), row("bob", true, false, 0)],
+            "alice",
+            None,
+        );
+        for action in ["alice/reset-mfa", "alice/revoke-sessions", "bob/enable"] {
+            assert!(
+                html.contains(&format!(
+                    "<form method=\"post\" action=\"/.auth/admin/users/{action}\">"
+                )),
+                "{action}"
+            );
+        }
+        assert!(!html.contains("alice/disable"), "no disabling oneself");
+        assert!(!html.contains("bob/reset-mfa"), "nothing to reset");
+        assert!(field_names(&html).iter().all(|n| *n == "csrf"));
+        assert_eq!(html.matches("value=\"tok123\"").count(), 3);
     }
 
     #[test]

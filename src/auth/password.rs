@@ -158,7 +158,14 @@ pub fn is_common(password: &str) -> bool {
 }
 
 fn is_common_lowercase(lower: &str) -> bool {
-    blocklist().contains(lower) || is_run(lower)
+    if blocklist().contains(lower) || is_run(lower) {
+        return true;
+    }
+    // NIST SP 800-63B §5.1.1.2 names dictionary words and sequential characters: a listed
+    // password with digits or symbols tacked on either end ("password123456789",
+    // "2024!dragon") is no stronger than the listed one.
+    let core = lower.trim_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
+    core.len() >= 4 && core.len() < lower.len() && blocklist().contains(core)
 }
 
 /// How many passwords the bundled list holds.
@@ -612,6 +619,14 @@ mod tests {
             policy.check(" \t\n ", "alice"),
             Err(PasswordRejected::Empty)
         );
+    }
+
+    #[test]
+    fn listed_password_with_affixes_is_common() {
+        assert!(is_common("password123456789"));
+        assert!(is_common("Dragon!!2024"));
+        assert!(is_common("123456monkey"));
+        assert!(!is_common("correct horse battery staple"));
     }
 
     #[test]

@@ -27,8 +27,10 @@ pub fn safe(raw: &str, host: &str) -> Option<String> {
     // The same normalization as every request: no dot segments, encoded slashes, etc.
     let t = target::normalize(raw.as_bytes(), host).ok()?;
     let out = t.path_and_query();
-    // Never send someone back into the login machinery itself.
-    (!out.starts_with("/.auth/")).then_some(out)
+    // Never send someone back into the login machinery itself; the pages a signed-in user
+    // visits (tenant admin, two-step settings) are fine.
+    let gateway_page = out.starts_with("/.auth/admin") || out.starts_with("/.auth/mfa/enroll");
+    (!out.starts_with("/.auth/") || gateway_page).then_some(out)
 }
 
 #[cfg(test)]
@@ -39,6 +41,15 @@ mod tests {
     fn same_host_paths_are_kept() {
         assert_eq!(safe("/app/x?y=1", "h").as_deref(), Some("/app/x?y=1"));
         assert_eq!(safe("/", "h").as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn signed_in_gateway_pages_are_allowed_back() {
+        assert_eq!(
+            safe("/.auth/admin/audit", "h").as_deref(),
+            Some("/.auth/admin/audit")
+        );
+        assert_eq!(safe("/.auth/logout", "h"), None);
     }
 
     #[test]

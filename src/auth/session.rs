@@ -224,6 +224,7 @@ mod tests {
             session: Default::default(),
             password: Default::default(),
             mfa: Default::default(),
+            audit_retention: std::time::Duration::from_secs(90 * 86_400),
             source: "t.toml".into(),
         }
     }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 mod accounts;
+mod audit;
 
 use crate::config::Config;
 use crate::gateway::server;
@@ -79,6 +80,32 @@ enum Command {
         #[command(subcommand)]
         command: accounts::UserCommand,
     },
+    /// Read a tenant's audit log (newest first), or verify its hash chain with `verify`.
+    Audit {
+        /// The config file.
+        #[arg(long, default_value = "portcullis.toml", global = true)]
+        config: PathBuf,
+        /// The tenant id (`_operator` for operator-level events).
+        #[arg(long, global = true)]
+        tenant: Option<String>,
+        /// Only records since: 24h, 7d, 30m, or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this event type (e.g. login_failed).
+        #[arg(long)]
+        event: Option<String>,
+        /// Only records about this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<audit::AuditCommand>,
+    },
     /// Run the built-in echo backend, which answers with JSON of what it received.
     EchoBackend {
         /// Address to listen on.
@@ -128,6 +155,32 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             crate::echo::run(listen).with_context(|| format!("echo backend on {listen}"))
         }
         Command::Demo => demo(),
+        Command::Audit {
+            config,
+            tenant,
+            since,
+            event,
+            user,
+            limit,
+            json,
+            command,
+        } => {
+            let tenant = tenant.context("--tenant is required")?;
+            match command {
+                Some(audit::AuditCommand::Verify) => audit::verify(&config, &tenant),
+                None => audit::query(
+                    &config,
+                    &tenant,
+                    audit::Query {
+                        since,
+                        event,
+                        user,
+                        limit,
+                        json,
+                    },
+                ),
+            }
+        }
         Command::Keygen { config, rotate_jwt } => {
             let config = load(&config)?;
             accounts::keygen(&config, rotate_jwt)
@@ -244,8 +297,21 @@ Demo logins (this demo's store only):
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter =
+    let mut filter =
         EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // pingora prints whole request and response headers (cookies, the upstream JWT) at debug
+    // and trace: capped at info whatever the operator asks, so no log level leaks credentials.
+    for capped in [
+        "pingora_proxy=info",
+        "pingora_core=info",
+        "pingora=info",
+        "h2=info",
+        "hyper=info",
+    ] {
+        if let Ok(directive) = capped.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

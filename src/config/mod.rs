@@ -18,7 +18,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use policy::{Access, MfaPolicy, RequestRate, Route, SessionPolicy, Tenant, Upstream};
+pub use policy::{
+    Access, MfaPolicy, RequestRate, Route, SessionPolicy, Tenant, Upstream,
+    DEFAULT_AUDIT_RETENTION_DAYS,
+};
 
 use error::Reporter;
 

@@ -30,6 +30,8 @@ pub struct Tenant {
     pub password: PasswordPolicy,
     /// Whether a second factor is used.
     pub mfa: MfaPolicy,
+    /// How long this tenant's audit records are kept.
+    pub audit_retention: Duration,
     /// The policy file.
     pub source: PathBuf,
 }
@@ -127,7 +129,19 @@ struct RawPolicy {
     password: RawPassword,
     #[serde(default)]
     ratelimit: RawTenantRate,
+    #[serde(default)]
+    audit: RawAudit,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    retention_days: Option<Spanned<u64>>,
+}
+
+/// Audit records are kept 90 days unless a tenant says otherwise (Okta's default, and what
+/// customers' security pages promise).
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 90;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -274,6 +288,15 @@ fn parse(
         }
     }
     let session = session_policy(&raw.session, rep, &mut ok);
+    let retention_days = match &raw.audit.retention_days {
+        Some(d) if (1..=3650).contains(d.get_ref()) => *d.get_ref(),
+        Some(d) => {
+            rep.at(d.span(), "retention_days must be between 1 and 3650");
+            ok = false;
+            DEFAULT_AUDIT_RETENTION_DAYS
+        }
+        None => DEFAULT_AUDIT_RETENTION_DAYS,
+    };
     let mfa = match raw.mfa.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
         None => MfaPolicy::default(),
         Some(("off", _)) => MfaPolicy::Off,
@@ -300,6 +323,7 @@ fn parse(
         session,
         password,
         mfa,
+        audit_retention: Duration::from_secs(retention_days * 86_400),
         source: file.to_path_buf(),
     })
 }

@@ -7,6 +7,7 @@ pub mod admit;
 pub mod redirect;
 pub mod reload;
 pub mod respond;
+pub mod retention;
 pub mod server;
 pub mod state;
 

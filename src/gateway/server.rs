@@ -22,6 +22,7 @@ use crate::config::ConfigErrors;
 use crate::config::{Config, LimiterStore};
 use crate::gateway::redirect::RedirectApp;
 use crate::gateway::reload::Reloader;
+use crate::gateway::retention::Pruner;
 use crate::gateway::state::{ConfigSource, Runtime, Shared};
 use crate::gateway::Gateway;
 use crate::keys::{KeyError, MasterKey, Sealer};
@@ -99,7 +100,7 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new()?);
     let auth = Arc::new(Auth::new(AuthParts {
-        store,
+        store: Arc::clone(&store),
         hasher,
         keyring,
         limiter: limiter(&config)?,
@@ -116,6 +117,7 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
         resolver: Arc::clone(&resolver),
         metrics: Arc::clone(&metrics),
         audit,
+        store,
         auth,
         sealer,
         clock,
@@ -165,6 +167,10 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
     server.add_service(background_service(
         "portcullis operator listener",
         AdminService::new(Arc::clone(&shared), admin_listener),
+    ));
+    server.add_service(background_service(
+        "portcullis audit retention",
+        Pruner::new(Arc::clone(&shared)),
     ));
     server.add_service(background_service(
         "portcullis config reloader",

@@ -95,6 +95,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The audit trail.
     pub audit: AuditSink,
+    /// Accounts, sessions and audit records.
+    pub store: Arc<dyn crate::store::Store>,
     /// Sign-in, sessions and upstream identity.
     pub auth: Arc<Auth>,
     /// Seals and opens secrets at rest (the signing keys are re-read on reload).

@@ -6,6 +6,16 @@
 
 use super::StoreError;
 
+/// Whether `name` can be a username: 1–128 of ASCII letters, digits and `. _ @ + -` (safe in
+/// headers, logs and URL paths). Checked before a name taken from a request reaches the store.
+pub fn valid_username(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+}
+
 /// A local account.
 #[derive(Clone, PartialEq, Eq)]
 pub struct User {
@@ -153,6 +163,11 @@ pub trait AccountStore: Send + Sync {
         username: &str,
         keep: Option<&[u8; 32]>,
     ) -> Result<u64, StoreError>;
+    /// Every stored session of `tenant` (of one user when `username` is given), live or not,
+    /// oldest first. Callers show them with [`Session::is_live`] applied and never expose the
+    /// token hash, CSRF token or pending secret.
+    fn sessions_of(&self, tenant: &str, username: Option<&str>)
+        -> Result<Vec<Session>, StoreError>;
     /// Remove sessions past their absolute expiry; returns how many.
     fn purge_sessions(&self, now: u64) -> Result<u64, StoreError>;
 

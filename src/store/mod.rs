@@ -8,7 +8,7 @@
 pub mod accounts;
 pub mod sqlite;
 
-pub use accounts::{AccountStore, Session, Stage, User};
+pub use accounts::{valid_username, AccountStore, Session, Stage, User};
 pub use sqlite::SqliteStore;
 
 use std::fmt;
@@ -195,10 +195,49 @@ pub trait AuditStore: Send + Sync {
     fn verify_chain(&self, tenant: &str) -> Result<ChainReport, StoreError>;
 }
 
-/// Everything the gateway keeps: audit trail, accounts and sessions.
-pub trait Store: AuditStore + AccountStore {}
+/// A query over the audit logs of every tenant (or of one), newest first: for the operator
+/// API only. Tenant-facing code uses [`AuditQuery`], which always names its tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorAuditQuery {
+    /// Only this tenant's records ([`crate::audit::OPERATOR_TENANT`] for operator events);
+    /// `None` for every tenant.
+    pub tenant: Option<String>,
+    /// Only records at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only records strictly before this time.
+    pub until: Option<OffsetDateTime>,
+    /// Only this event type.
+    pub event: Option<EventKind>,
+    /// Only records whose actor or subject is this user.
+    pub user: Option<String>,
+    /// Paging cursor: only records stored before this position (pass the `position` of the
+    /// last record of the previous page). Positions order records across tenants.
+    pub before_position: Option<u64>,
+    /// Page size, clamped to `1..=MAX_QUERY_LIMIT`.
+    pub limit: u32,
+}
 
-impl<T: AuditStore + AccountStore> Store for T {}
+/// A stored record with its position in the whole store (the cross-tenant paging cursor).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PositionedRecord {
+    /// Increases with every stored record, whatever its tenant.
+    pub position: u64,
+    /// The record.
+    #[serde(flatten)]
+    pub record: AuditRecord,
+}
+
+/// Reading every tenant's audit log at once: the operator's view. Kept apart from
+/// [`AuditStore`] so code handed only an audit store cannot reach across tenants.
+pub trait OperatorAuditStore: Send + Sync {
+    /// Records matching the filters, newest (highest position) first.
+    fn query_all(&self, q: &OperatorAuditQuery) -> Result<Vec<PositionedRecord>, StoreError>;
+}
+
+/// Everything the gateway keeps: audit trail, accounts and sessions.
+pub trait Store: AuditStore + OperatorAuditStore + AccountStore {}
+
+impl<T: AuditStore + OperatorAuditStore + AccountStore> Store for T {}
 
 /// Opens the store `url` points at.
 pub fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {

@@ -20,7 +20,10 @@ use time::OffsetDateTime;
 
 mod accounts;
 
-use super::{AuditQuery, AuditStore, StoreError, MAX_QUERY_LIMIT};
+use super::{
+    AuditQuery, AuditStore, OperatorAuditQuery, OperatorAuditStore, PositionedRecord, StoreError,
+    MAX_QUERY_LIMIT,
+};
 use crate::audit::chain::{self, ChainHash, ChainReport, ChainVerifier, GENESIS};
 use crate::audit::{
     from_unix_ms, sanitize_text, unix_ms, AuditEvent, AuditRecord, EventKind, Outcome,
@@ -379,6 +382,49 @@ impl AuditStore for SqliteStore {
     }
 }
 
+impl OperatorAuditStore for SqliteStore {
+    fn query_all(&self, q: &OperatorAuditQuery) -> Result<Vec<PositionedRecord>, StoreError> {
+        let limit = q.limit.clamp(1, MAX_QUERY_LIMIT);
+        let before = q.before_position.map(to_i64).transpose()?;
+        let user = q.user.as_deref().map(sanitize_text);
+        let conn = self.lock();
+        // `id` is the rowid: it grows with every insert, so it orders records across tenants.
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS}, id FROM audit_event
+                 WHERE (:tenant IS NULL OR tenant = :tenant)
+                   AND (:since IS NULL OR time_ms >= :since)
+                   AND (:until IS NULL OR time_ms < :until)
+                   AND (:event IS NULL OR event = :event)
+                   AND (:user IS NULL OR actor = :user OR subject = :user)
+                   AND (:before IS NULL OR id < :before)
+                 ORDER BY id DESC
+                 LIMIT :limit"
+            ))
+            .ctx("audit query all: prepare")?;
+        let mut rows = stmt
+            .query(named_params! {
+                ":tenant": q.tenant,
+                ":since": q.since.map(unix_ms),
+                ":until": q.until.map(unix_ms),
+                ":event": q.event.map(EventKind::as_str),
+                ":user": user,
+                ":before": before,
+                ":limit": limit,
+            })
+            .ctx("audit query all")?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next().ctx("audit query all: read")? {
+            let position = to_u64(row.get(12).ctx("audit query all: read")?)?;
+            records.push(PositionedRecord {
+                position,
+                record: read_record(row)?,
+            });
+        }
+        Ok(records)
+    }
+}
+
 /// Reads a row selected with [`RECORD_COLUMNS`].
 fn read_record(row: &Row<'_>) -> Result<AuditRecord, StoreError> {
     let ctx = "audit: read record";
@@ -548,6 +594,74 @@ mod tests {
             .query(&AuditQuery::new(OPERATOR_TENANT))
             .expect("query");
         assert_eq!(operator.len(), 1);
+    }
+
+    #[test]
+    fn operator_query_reads_across_tenants_and_pages_by_position() {
+        let store = SqliteStore::open_in_memory().expect("open");
+        store
+            .append(&[
+                denied("acme", 1, "a1"),
+                denied("globex", 2, "g1"),
+                AuditEvent {
+                    actor: Some("alice".into()),
+                    ..denied("acme", 3, "a2")
+                },
+                AuditEvent::new(
+                    at(4),
+                    OPERATOR_TENANT,
+                    EventKind::ConfigReloaded,
+                    Outcome::Success,
+                ),
+            ])
+            .expect("append");
+        let all = |q: &OperatorAuditQuery| -> Vec<(String, u64)> {
+            store
+                .query_all(q)
+                .expect("query all")
+                .into_iter()
+                .map(|p| (p.record.event.tenant, p.record.seq))
+                .collect()
+        };
+        let mut q = OperatorAuditQuery {
+            tenant: None,
+            since: None,
+            until: None,
+            event: None,
+            user: None,
+            before_position: None,
+            limit: 3,
+        };
+        assert_eq!(
+            all(&q),
+            [
+                (OPERATOR_TENANT.to_string(), 1),
+                ("acme".to_string(), 2),
+                ("globex".to_string(), 1)
+            ]
+        );
+        let last = store.query_all(&q).expect("page")[2].position;
+        q.before_position = Some(last);
+        assert_eq!(all(&q), [("acme".to_string(), 1)]);
+
+        let one = OperatorAuditQuery {
+            tenant: Some("globex".into()),
+            before_position: None,
+            ..q.clone()
+        };
+        assert_eq!(all(&one), [("globex".to_string(), 1)]);
+        let by_user = OperatorAuditQuery {
+            user: Some("alice".into()),
+            before_position: None,
+            ..q.clone()
+        };
+        assert_eq!(all(&by_user), [("acme".to_string(), 2)]);
+        let by_event = OperatorAuditQuery {
+            event: Some(EventKind::ConfigReloaded),
+            before_position: None,
+            ..q
+        };
+        assert_eq!(all(&by_event), [(OPERATOR_TENANT.to_string(), 1)]);
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! Clients: reqwest (HTTP/1.1 and h2 over ALPN, our CA only), a raw TLS client (tokio-rustls)
 //! that writes exact bytes for smuggling and path cases, and `openssl s_client` for
 //! protocol/cipher negotiation.
+//!
+//! Accounts and sign-in: `Gateway::add_user` / `set_password` / `disable_user` run
+//! `portcullis user …` against the world's config (password on stdin), `Gateway::login` signs
+//! in with JSON and returns the session cookie, and `Browser` keeps cookies for one host and
+//! submits the server-rendered forms as a browser would.
 
 // Each test file compiles this module separately and uses a different part of it.
 #![allow(dead_code)]
@@ -101,6 +106,10 @@ pub struct Opts {
     pub reload_poll_ms: u64,
     /// Start the plain-HTTP redirect listener too.
     pub http_redirect: bool,
+    /// Appended to acme's policy after its routes (e.g. a `[password]` or `[session]` table).
+    pub acme_policy_extra: String,
+    /// The log filter of `portcullis serve` (`PORTCULLIS_LOG`, and `RUST_LOG` for good measure).
+    pub log_filter: String,
 }
 
 impl Default for Opts {
@@ -112,6 +121,8 @@ impl Default for Opts {
             read_timeout_ms: 1000,
             reload_poll_ms: 200,
             http_redirect: false,
+            acme_policy_extra: String::new(),
+            log_filter: "info".into(),
         }
     }
 }
@@ -180,7 +191,10 @@ impl Site {
         fs::create_dir_all(site.path("policies")).expect("mkdir policies");
         fs::create_dir_all(site.path("data")).expect("mkdir data");
         site.write("portcullis.toml", &site.config_toml());
-        site.write("policies/acme.toml", &site.acme_policy(""));
+        site.write(
+            "policies/acme.toml",
+            &site.acme_policy(&site.opts.acme_policy_extra),
+        );
         site.write("policies/globex.toml", &site.globex_policy(""));
         site
     }
@@ -546,7 +560,8 @@ impl Gateway {
             .arg("--config")
             .arg(site.config_path())
             .current_dir(site.root())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &site.opts.log_filter)
+            .env("PORTCULLIS_LOG", &site.opts.log_filter)
             .stdin(Stdio::null())
             .stdout(log_file(&site, "gateway.stdout.log"))
             .stderr(log_file(&site, "gateway.stderr.log"))
@@ -1481,4 +1496,435 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
         rest = &after[end..];
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts and sign-in (issue 3)
+// ---------------------------------------------------------------------------------------------
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "__Host-portcullis";
+/// The pre-login double-submit CSRF cookie of the sign-in form.
+pub const LOGIN_CSRF_COOKIE: &str = "__Host-portcullis-csrf";
+
+impl Response {
+    /// The body as JSON; panics (with the response) otherwise.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "expected JSON ({e}), got {} {:?}\n{}",
+                self.status,
+                self.headers,
+                self.text()
+            )
+        })
+    }
+
+    pub fn location(&self) -> Option<&str> {
+        self.header("location")
+    }
+
+    /// The `Set-Cookie` line that sets cookie `name` (exact name), if any.
+    pub fn set_cookie(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}=");
+        self.header_all("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with(&prefix))
+    }
+
+    /// The value a `Set-Cookie` gives cookie `name` (empty when it clears it).
+    pub fn set_cookie_value(&self, name: &str) -> Option<String> {
+        let line = self.set_cookie(name)?;
+        let pair = line.split(';').next()?;
+        Some(pair[name.len() + 1..].trim().to_string())
+    }
+}
+
+/// The attributes of a `Set-Cookie` line after the name/value pair, trimmed.
+pub fn cookie_attributes(set_cookie: &str) -> Vec<String> {
+    set_cookie
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect()
+}
+
+/// Whether a `Set-Cookie` line deletes its cookie (empty value, `Max-Age=0` or an `Expires`
+/// in the past, which the gateway never writes).
+pub fn cookie_is_cleared(set_cookie: &str) -> bool {
+    let value_empty = set_cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .is_some_and(|(_, v)| v.trim().is_empty());
+    value_empty
+        || cookie_attributes(set_cookie)
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case("max-age=0"))
+}
+
+/// The `value` of the first `<input … name="NAME" value="…">` in an HTML page, unescaped.
+pub fn form_field(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\""))?;
+    let tag_start = html[..at].rfind('<')?;
+    let tag_end = at + html[at..].find('>')?;
+    let tag = &html[tag_start..tag_end];
+    let v = tag.find("value=\"")? + "value=\"".len();
+    let end = v + tag[v..].find('"')?;
+    Some(html_unescape(&tag[v..end]))
+}
+
+fn html_unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// `application/x-www-form-urlencoded` of `fields`.
+pub fn form_body(fields: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// Percent-encodes `value` for a query string.
+pub fn query_encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Sends a reqwest request and reads the whole answer into a [`Response`].
+pub async fn fetch(req: reqwest::RequestBuilder) -> Response {
+    let resp = req.send().await.expect("send request to the gateway");
+    let status = resp.status().as_u16();
+    let version = format!("{:?}", resp.version());
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp.bytes().await.expect("read response body").to_vec();
+    Response {
+        version,
+        status,
+        headers,
+        body,
+    }
+}
+
+impl Gateway {
+    /// Runs `portcullis user --config <this site> ARGS` with `stdin` on standard input
+    /// (killed after 30 s).
+    pub fn user_cli(&self, args: &[&str], stdin: &str) -> CmdOutput {
+        let mut child = Command::new("timeout")
+            .arg("30")
+            .arg(BIN)
+            .arg("user")
+            .arg("--config")
+            .arg(self.site.config_path())
+            .args(args)
+            .current_dir(self.site.root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run portcullis user");
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.as_bytes());
+        }
+        let out = child.wait_with_output().expect("wait for portcullis user");
+        CmdOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `portcullis user add --tenant TENANT NAME --role R… --password-stdin`; panics on failure.
+    pub fn add_user(&self, tenant: &str, name: &str, password: &str, roles: &[&str]) {
+        let mut args = vec!["add", "--tenant", tenant, name];
+        for role in roles {
+            args.push("--role");
+            args.push(role);
+        }
+        args.push("--password-stdin");
+        let out = self.user_cli(&args, &format!("{password}\n"));
+        assert_eq!(
+            out.code,
+            Some(0),
+            "portcullis user add {tenant}/{name}:\n{out}"
+        );
+    }
+
+    /// `portcullis user passwd --tenant TENANT NAME --password-stdin`; panics on failure.
+    pub fn set_password(&self, tenant: &str, name: &str, password: &str) {
+        let out = self.user_cli(
+            &["passwd", "--tenant", tenant, name, "--password-stdin"],
+            &format!("{password}\n"),
+        );
+        assert_eq!(
+            out.code,
+            Some(0),
+            "portcullis user passwd {tenant}/{name}:\n{out}"
+        );
+    }
+
+    /// `portcullis user disable --tenant TENANT NAME`; panics on failure.
+    pub fn disable_user(&self, tenant: &str, name: &str) {
+        let out = self.user_cli(&["disable", "--tenant", tenant, name], "");
+        assert_eq!(
+            out.code,
+            Some(0),
+            "portcullis user disable {tenant}/{name}:\n{out}"
+        );
+    }
+
+    /// `https://<host>:<port>`, the origin a browser sends for this gateway's pages.
+    pub fn origin(&self, host: &str) -> String {
+        format!("https://{host}:{}", self.site.ports.https)
+    }
+
+    /// A cookie-keeping browser for `host`.
+    pub fn browser(&self, host: &str) -> Browser {
+        Browser {
+            client: self.client(),
+            host: host.to_string(),
+            origin: self.origin(host),
+            jar: Vec::new(),
+        }
+    }
+
+    /// JSON sign-in; returns the session cookie's value (panics unless 200 with one).
+    pub async fn login(&self, host: &str, user: &str, password: &str) -> String {
+        let resp = self.login_json(host, user, password, None).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "JSON login of {user}@{host}: {:?}\n{}",
+            resp.headers,
+            resp.text()
+        );
+        resp.set_cookie_value(SESSION_COOKIE)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| panic!("login of {user}@{host} set no session cookie"))
+    }
+
+    /// `POST /.auth/login` with a JSON body, optionally presenting a session cookie.
+    pub async fn login_json(
+        &self,
+        host: &str,
+        user: &str,
+        password: &str,
+        session: Option<&str>,
+    ) -> Response {
+        let body = serde_json::json!({ "username": user, "password": password });
+        let mut req = self
+            .client()
+            .post(self.url(host, "/.auth/login"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(body.to_string());
+        if let Some(token) = session {
+            req = req.header("cookie", format!("{SESSION_COOKIE}={token}"));
+        }
+        fetch(req).await
+    }
+
+    /// `GET path` on `host` with the session cookie (if any) and extra headers.
+    pub async fn get_as(
+        &self,
+        host: &str,
+        path: &str,
+        session: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Response {
+        let mut req = self.client().get(self.url(host, path));
+        if let Some(token) = session {
+            req = req.header("cookie", format!("{SESSION_COOKIE}={token}"));
+        }
+        for (n, v) in extra {
+            req = req.header(*n, *v);
+        }
+        fetch(req).await
+    }
+
+    /// `GET /.auth/whoami` with the session cookie.
+    pub async fn whoami(&self, host: &str, session: &str) -> Response {
+        self.get_as(
+            host,
+            "/.auth/whoami",
+            Some(session),
+            &[("accept", "application/json")],
+        )
+        .await
+    }
+
+    /// Polls (bounded by `timeout`) until `session` is no session on `host` (whoami 401);
+    /// returns whether it happened.
+    pub async fn wait_session_ended(&self, host: &str, session: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.whoami(host, session).await.status == 401 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A browser for one host: keeps cookies from `Set-Cookie` and sends them back, sends
+/// `Accept: text/html` and, on its own form posts, the `Origin` and `Sec-Fetch-Site` a
+/// browser sends.
+pub struct Browser {
+    pub client: reqwest::Client,
+    pub host: String,
+    pub origin: String,
+    /// Cookies as (name, value), in the order they were set.
+    pub jar: Vec<(String, String)>,
+}
+
+impl Browser {
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.jar
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn session(&self) -> Option<&str> {
+        self.cookie(SESSION_COOKIE)
+    }
+
+    pub fn set_cookie(&mut self, name: &str, value: &str) {
+        self.remove_cookie(name);
+        self.jar.push((name.to_string(), value.to_string()));
+    }
+
+    pub fn remove_cookie(&mut self, name: &str) {
+        self.jar.retain(|(n, _)| n != name);
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        (!self.jar.is_empty()).then(|| {
+            self.jar
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    fn absorb(&mut self, resp: &Response) {
+        for line in resp.header_all("set-cookie") {
+            let Some((name, value)) = line.split(';').next().and_then(|p| p.split_once('=')) else {
+                continue;
+            };
+            if cookie_is_cleared(line) {
+                self.remove_cookie(name.trim());
+            } else {
+                self.set_cookie(name.trim(), value.trim());
+            }
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    /// Sends `req` with the jar's cookies and `headers`, and keeps the cookies it sets.
+    pub async fn send(
+        &mut self,
+        mut req: reqwest::RequestBuilder,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        if let Some(cookies) = self.cookie_header() {
+            req = req.header("cookie", cookies);
+        }
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("accept"))
+        {
+            req = req.header("accept", "text/html,application/xhtml+xml");
+        }
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let resp = fetch(req).await;
+        self.absorb(&resp);
+        resp
+    }
+
+    pub async fn get(&mut self, path: &str) -> Response {
+        self.get_with(path, &[]).await
+    }
+
+    pub async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let req = self.client.get(self.url(path));
+        self.send(req, headers).await
+    }
+
+    /// A POST with exactly the given content type, body and headers (no fetch metadata
+    /// added: CSRF tests choose their own).
+    pub async fn post(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: String,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let req = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        self.send(req, headers).await
+    }
+
+    /// What a browser posts from one of this host's own forms.
+    pub async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let origin = self.origin.clone();
+        self.post(
+            path,
+            "application/x-www-form-urlencoded",
+            form_body(fields),
+            &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        )
+        .await
+    }
+
+    /// Opens the sign-in form for `return_to` and submits it; returns the POST's answer.
+    pub async fn login(&mut self, user: &str, password: &str, return_to: &str) -> Response {
+        let page = self
+            .get(&format!(
+                "/.auth/login?return_to={}",
+                query_encode(return_to)
+            ))
+            .await;
+        assert_eq!(page.status, 200, "sign-in form: {}", page.text());
+        let html = page.text();
+        let csrf = form_field(&html, "csrf").expect("csrf field in the sign-in form");
+        let back = form_field(&html, "return_to").unwrap_or_default();
+        self.post_form(
+            "/.auth/login",
+            &[
+                ("username", user),
+                ("password", password),
+                ("csrf", &csrf),
+                ("return_to", &back),
+            ],
+        )
+        .await
+    }
 }

@@ -174,7 +174,8 @@ impl Auth {
                     Checked::Replay => (EventKind::MfaReplayRejected, "replayed_code"),
                     _ => (EventKind::MfaFailed, "wrong_code"),
                 };
-                self.audit(req, event, Outcome::Failure, user, Some(reason));
+                self.audit(req, event, Outcome::Failure, user, Some(reason))
+                    .await;
                 self.settle(req, ticket, &session.username, false).await;
                 return Ok(if json {
                     Reply::json_error(401, "invalid_code")
@@ -190,7 +191,7 @@ impl Auth {
             }
         };
         self.settle(req, ticket, &session.username, true).await;
-        self.audit(req, event, Outcome::Success, user, None);
+        self.audit(req, event, Outcome::Success, user, None).await;
         let mut amr = session.amr.clone();
         amr.push(amr_extra.to_string());
         let (token, next) = self
@@ -330,7 +331,8 @@ impl Auth {
                         Outcome::Failure,
                         user,
                         Some("replayed_code"),
-                    );
+                    )
+                    .await;
                 }
                 self.audit(
                     req,
@@ -338,7 +340,8 @@ impl Auth {
                     Outcome::Failure,
                     user,
                     Some("code_not_accepted"),
-                );
+                )
+                .await;
                 return Ok(error_reply(
                     req,
                     400,
@@ -350,7 +353,8 @@ impl Auth {
             let store = Arc::clone(&self.store);
             let (t, u) = (session.tenant.clone(), session.username.clone());
             Self::blocking(move || store.set_totp(&t, &u, None, &[], 0)).await?;
-            self.audit(req, EventKind::MfaRemoved, Outcome::Success, user, None);
+            self.audit(req, EventKind::MfaRemoved, Outcome::Success, user, None)
+                .await;
             return Ok(if json {
                 Reply::json(200, &serde_json::json!({ "mfa": "off" }))
             } else {
@@ -383,7 +387,8 @@ impl Auth {
                 Outcome::Failure,
                 user,
                 Some("enrolment_code_wrong"),
-            );
+            )
+            .await;
             return Ok(if json {
                 Reply::json_error(400, "invalid_code")
             } else {
@@ -424,7 +429,8 @@ impl Auth {
             store.set_pending_totp(&hash, None)
         })
         .await?;
-        self.audit(req, EventKind::MfaEnrolled, Outcome::Success, user, None);
+        self.audit(req, EventKind::MfaEnrolled, Outcome::Success, user, None)
+            .await;
 
         // Enrolling is an authentication step: the session is rotated, and a login that was
         // waiting on enrolment becomes active now.

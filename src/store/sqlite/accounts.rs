@@ -275,6 +275,27 @@ impl AccountStore for SqliteStore {
         Ok(n as u64)
     }
 
+    fn sessions_of(
+        &self,
+        tenant: &str,
+        username: Option<&str>,
+    ) -> Result<Vec<Session>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM session
+                 WHERE tenant = ?1 AND (?2 IS NULL OR username = ?2)
+                 ORDER BY created_at, id"
+            ))
+            .ctx("list sessions")?;
+        let rows = stmt
+            .query_map(params![tenant, username], session_from_row)
+            .ctx("list sessions")?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("list sessions")?;
+        rows.into_iter().map(finish_session).collect()
+    }
+
     fn purge_sessions(&self, now: u64) -> Result<u64, StoreError> {
         let conn = self.lock();
         let n = conn
@@ -487,6 +508,37 @@ mod tests {
         assert!(store.session(&[3; 32]).expect("read").is_some());
         assert!(store.delete_session(&[1; 32]).expect("delete"));
         assert_eq!(store.purge_sessions(1000).expect("purge"), 1);
+    }
+
+    #[test]
+    fn sessions_are_listed_per_tenant_and_user_only() {
+        let store = SqliteStore::open_in_memory().expect("store");
+        for (tenant, name, hash) in [
+            ("acme", "alice", 1),
+            ("acme", "alice", 2),
+            ("acme", "bob", 3),
+            ("globex", "alice", 4),
+        ] {
+            store
+                .create_session(&session(tenant, name, hash))
+                .expect("session");
+        }
+        let ids = |tenant: &str, user: Option<&str>| -> Vec<String> {
+            store
+                .sessions_of(tenant, user)
+                .expect("list")
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(ids("acme", Some("alice")), ["sid-1", "sid-2"]);
+        assert_eq!(ids("acme", None), ["sid-1", "sid-2", "sid-3"]);
+        assert_eq!(ids("globex", None), ["sid-4"]);
+        assert!(ids("acme", Some("carol")).is_empty());
+        assert!(
+            ids("%", None).is_empty(),
+            "no pattern matching on tenant ids"
+        );
     }
 
     #[test]
