@@ -6,6 +6,11 @@
 #   (b) through the gateway (`portcullis serve`, threads = WORKERS) over TLS 1.3;
 #   (c) through nginx as a TLS 1.3 reverse proxy (worker_processes = WORKERS, same certificate,
 #       keep-alive to the upstream, config in bench/nginx.conf.in).
+#   (d) through the gateway to an `authenticated` route with a signed-in session cookie (session
+#       lookup + upstream JWT injected), alone and beside a wrong-password flood (bench/flood.lua:
+#       rotating X-Forwarded-For addresses and usernames, so every attempt costs a full argon2id
+#       verification);
+#   (e) password sign-ins per second (bench/login.lua: the right password, a new session each).
 # Load: wrk -t THREADS -c CONNECTIONS -d DURATION --latency, HTTP/1.1 keep-alive, GET /, after
 # an unrecorded warm-up of WARMUP. Every process runs on this machine and shares its cores with
 # wrk, so numbers compare the proxies with each other, not with production hardware.
@@ -278,6 +283,16 @@ listen = "127.0.0.1:$ADMIN_PORT"
 hosts = ["$HOST"]
 cert = "$TMP/certs/$HOST.crt"
 key = "$TMP/certs/$HOST.key"
+
+[proxy]
+# The flood scenario names its many clients in X-Forwarded-For.
+trusted_proxies = ["127.0.0.1/32"]
+
+[ratelimit]
+# The sign-in scenario repeats one user's correct password from one address as fast as it
+# can; a real deployment keeps the default per-IP budget.
+login_ip_burst = 1000000
+login_ip_refill_secs = 1
 EOF
     cat >"$dir/policies/acme.toml" <<EOF
 id = "acme"
@@ -289,7 +304,55 @@ id = "public"
 prefix = "/"
 upstream = "http://127.0.0.1:$ECHO_PORT"
 access = "public"
+
+[[routes]]
+id = "app"
+prefix = "/app"
+upstream = "http://127.0.0.1:$ECHO_PORT"
+access = "authenticated"
 EOF
+}
+
+# A user and a signed-in session for the authenticated scenarios.
+sign_in() {
+    printf '%s\n' "bench-user-passphrase-1" |
+        "$BIN" user add --config "$TMP/gateway/portcullis.toml" --tenant acme bench --password-stdin >"$TMP/user.log" 2>&1 || {
+        cat "$TMP/user.log" >&2
+        die "portcullis user add failed"
+    }
+    SESSION_COOKIE=$(curl -sS --cacert "$TMP/certs/ca.crt" --resolve "$HOST:$GW_PORT:127.0.0.1" \
+        -H 'Content-Type: application/json' -o /dev/null -D - \
+        -d '{"username":"bench","password":"bench-user-passphrase-1"}' \
+        "https://$HOST:$GW_PORT/.auth/login" | sed -n 's/^set-cookie: \(__Host-portcullis=[^;]*\).*/\1/ip' | head -n 1)
+    [ -n "$SESSION_COOKIE" ] || die "could not sign in the benchmark user"
+    curl -sS --cacert "$TMP/certs/ca.crt" --resolve "$HOST:$GW_PORT:127.0.0.1" -H "Cookie: $SESSION_COOKIE" \
+        "https://$HOST:$GW_PORT/app/" | grep -q x-portcullis-jwt || die "the signed-in request did not carry an upstream JWT"
+}
+
+# Measure a target while a wrong-password flood runs beside it.
+bench_under_flood() {
+    local label=$1 url=$2
+    shift 2
+    local limit run_for
+    run_for=$(($(seconds_of "$DURATION") + $(seconds_of "$WARMUP") + 5))
+    limit=$((run_for + 40))
+    run_bounded "$limit" wrk -t1 -c16 --timeout 5s -s "$BENCH_DIR/flood.lua" \
+        -d"${run_for}s" "https://$HOST:$GW_PORT/" >"$TMP/flood.txt" 2>&1 &
+    local flood=$!
+    sleep 1
+    bench_target "$label" "$url" "$@"
+    wait "$flood" || true
+    local flood_rps
+    flood_rps=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$TMP/flood.txt")
+    NOTES+=("flood beside '$label': ${flood_rps:-?} wrong-password sign-ins/s from rotating addresses and usernames")
+}
+
+# Password sign-ins per second at the argon2id parameters (right password, new session each).
+bench_login() {
+    local saved=$CONNECTIONS
+    CONNECTIONS=4
+    bench_target "portcullis, password sign-ins (POST /.auth/login)" "https://$HOST:$GW_PORT/.auth/login" -s "$BENCH_DIR/login.lua"
+    CONNECTIONS=$saved
 }
 
 start_gateway() {
@@ -338,6 +401,10 @@ main() {
     bench_target "backend direct (HTTP)" "http://127.0.0.1:$ECHO_PORT/"
     bench_target "portcullis (TLS 1.3)" "https://$HOST:$GW_PORT/"
     bench_target "nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/||p') (TLS 1.3)" "https://$HOST:$NGINX_PORT/"
+    sign_in
+    bench_target "portcullis, signed in /app/ (session + JWT injected)" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
+    bench_under_flood "portcullis, signed in /app/, during a wrong-password flood" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
+    bench_login
 
     stop_all
     print_report

@@ -3,19 +3,25 @@
 //! One request passes through these stages, each a module, in this order:
 //!
 //! ```text
-//!  client ──TLS──▶ tls ──▶ tenant ──▶ request ──▶ policy ──▶ upstream ──▶ backend app
-//!                  │        │          │           │           │
-//!                  │        │          │           │           └ header hygiene, identity, peer
-//!                  │        │          │           └ longest-prefix route, access decision
-//!                  │        │          └ one normalized path, framing (smuggling) checks
-//!                  │        └ Host → tenant, SNI/Host agreement
-//!                  └ allowlisted suites only, certificate by SNI
-//!                                                   audit ◀── every security event
+//!  client ─TLS─▶ tls ─▶ tenant ─▶ request ─▶ ratelimit ─▶ auth ─▶ policy ─▶ upstream ─▶ app
+//!                │       │         │           │            │        │         │
+//!                │       │         │           │            │        │         └ header hygiene,
+//!                │       │         │           │            │        │           identity + JWT
+//!                │       │         │           │            │        └ longest-prefix route,
+//!                │       │         │           │            │          access decision
+//!                │       │         │           │            └ /.auth/… endpoints, login state
+//!                │       │         │           │              machine, session from the cookie
+//!                │       │         │           └ login budgets before any hashing, request rates
+//!                │       │         └ one normalized path, framing (smuggling) checks
+//!                │       └ Host → tenant, SNI/Host agreement
+//!                └ allowlisted suites only, certificate by SNI
+//!                                                             audit ◀── every security event
 //! ```
 //!
 //! - [`tls`]: the cipher-suite allowlist (`tls/crypto.rs`), SNI certificate resolution.
 //! - [`tenant`]: resolving the tenant from the Host and checking it agrees with SNI.
 //! - [`request`]: request-target normalization and message-framing checks.
+//! - [`ratelimit`]: brute-force budgets (in process or Redis), request and connection rates.
 //! - [`auth`]: login state machine, sessions and cookies, passwords, the upstream JWT.
 //! - [`policy`]: route matching and the access decision.
 //! - [`upstream`]: what the backend receives (hop-by-hop removal, spoof stripping, forwarding).
@@ -32,9 +38,9 @@ pub mod tls;
 
 pub mod tenant;
 
-pub mod ratelimit;
-
 pub mod request;
+
+pub mod ratelimit;
 
 pub mod auth;
 

@@ -775,30 +775,12 @@ impl Auth {
             {
                 id
             }
-            _ => {
-                return Ok(if json {
-                    Reply::json_error(401, "unauthenticated")
-                } else {
-                    login_redirect(req, "/")
-                })
-            }
+            _ => return Ok(not_signed_in(req, "/")),
         };
-        let Some(fields) = Fields::parse(req) else {
-            return Ok(error_reply(
-                req,
-                415,
-                "unsupported_media_type",
-                "Send the password form.",
-            ));
+        let fields = match self.session_form(req, &id, "password") {
+            Ok(fields) => fields,
+            Err(reply) => return Ok(reply),
         };
-        if !req.same_origin() || !self.session_csrf_ok(req, &id, &fields) {
-            return Ok(error_reply(
-                req,
-                403,
-                "csrf",
-                "This form expired. Go back, reload the page and try again.",
-            ));
-        }
         let session = &id.session;
         let (store, tenant, name) = (
             Arc::clone(&self.store),
@@ -921,6 +903,28 @@ impl Auth {
         same_token(&id.session.csrf, &fields.csrf) || same_token(&id.session.csrf, header)
     }
 
+    /// The fields of a state-changing form posted by a signed-in session, after the checks
+    /// every such form gets: a known body type, same origin, and the session's CSRF token.
+    fn session_form(
+        &self,
+        req: &AuthRequest<'_>,
+        id: &Identity,
+        what: &str,
+    ) -> Result<Fields, Reply> {
+        let Some(fields) = Fields::parse(req) else {
+            return Err(error_reply(
+                req,
+                415,
+                "unsupported_media_type",
+                &format!("Send the {what} form."),
+            ));
+        };
+        if !req.same_origin() || !self.session_csrf_ok(req, id, &fields) {
+            return Err(csrf_reply(req));
+        }
+        Ok(fields)
+    }
+
     /// `GET /.auth/logout`: a confirmation form (logout is a POST, so no link can sign a
     /// user out from another site).
     async fn logout_form(&self, req: &AuthRequest<'_>) -> Result<Reply, AuthError> {
@@ -1017,6 +1021,25 @@ pub fn login_redirect_to(return_to: &str, json: bool) -> Reply {
     }
     let encoded: String = form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
     Reply::redirect(302, &format!("/.auth/login?return_to={encoded}"))
+}
+
+/// The answer to a form whose CSRF check failed.
+fn csrf_reply(req: &AuthRequest<'_>) -> Reply {
+    error_reply(
+        req,
+        403,
+        "csrf",
+        "This form expired. Go back, reload the page and try again.",
+    )
+}
+
+/// The answer to a request that needs a signed-in session and has none.
+fn not_signed_in(req: &AuthRequest<'_>, return_to: &str) -> Reply {
+    if req.wants_json() {
+        Reply::json_error(401, "unauthenticated")
+    } else {
+        login_redirect(req, return_to)
+    }
 }
 
 fn error_reply(req: &AuthRequest<'_>, status: u16, code: &str, message: &str) -> Reply {

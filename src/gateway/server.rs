@@ -94,9 +94,10 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
     let store = store::open(&config.server.store)?;
     let audit =
         AuditSink::start(store.clone(), DEFAULT_QUEUE_CAPACITY).map_err(StartError::Audit)?;
-    // Each argon2id hash holds 19 MiB: at most one per core at a time, so a login flood can
-    // neither starve proxying of CPU nor memory.
-    let hasher = Hasher::new(config.server.threads.max(1)).map_err(StartError::Hasher)?;
+    // Each argon2id hash holds 19 MiB and a core for tens of milliseconds: at most half the
+    // worker threads hash at once, so a sign-in flood can starve neither proxied traffic of
+    // CPU nor the host of memory.
+    let hasher = Hasher::new((config.server.threads / 2).max(1)).map_err(StartError::Hasher)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new()?);
     let auth = Arc::new(Auth::new(AuthParts {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::{error_reply, login_redirect, Auth, AuthError, AuthRequest, Fields, Gate};
+use super::{
+    error_reply, login_redirect, not_signed_in, Auth, AuthError, AuthRequest, Fields, Gate,
+};
 use crate::audit::{EventKind, Outcome};
 use crate::auth::pages;
 use crate::auth::reply::Reply;
@@ -137,28 +139,12 @@ impl Auth {
     pub(super) async fn mfa_verify(&self, req: &AuthRequest<'_>) -> Result<Reply, AuthError> {
         let json = req.wants_json();
         let Some(id) = self.session_at(req, &[Stage::SecondFactor]).await? else {
-            return Ok(if json {
-                Reply::json_error(401, "unauthenticated")
-            } else {
-                login_redirect(req, "/")
-            });
+            return Ok(not_signed_in(req, "/"));
         };
-        let Some(fields) = Fields::parse(req) else {
-            return Ok(error_reply(
-                req,
-                415,
-                "unsupported_media_type",
-                "Send the verification form.",
-            ));
+        let fields = match self.session_form(req, &id, "verification") {
+            Ok(fields) => fields,
+            Err(reply) => return Ok(reply),
         };
-        if !req.same_origin() || !self.session_csrf_ok(req, &id, &fields) {
-            return Ok(error_reply(
-                req,
-                403,
-                "csrf",
-                "This form expired. Go back, reload the page and try again.",
-            ));
-        }
         let session = id.session.clone();
         let ticket = match self.gate(req, &session.username).await {
             Gate::Check(ticket) => ticket,
@@ -293,22 +279,10 @@ impl Auth {
                 "Two-step verification is not used here.",
             ));
         }
-        let Some(fields) = Fields::parse(req) else {
-            return Ok(error_reply(
-                req,
-                415,
-                "unsupported_media_type",
-                "Send the form.",
-            ));
+        let fields = match self.session_form(req, &id, "two-step") {
+            Ok(fields) => fields,
+            Err(reply) => return Ok(reply),
         };
-        if !req.same_origin() || !self.session_csrf_ok(req, &id, &fields) {
-            return Ok(error_reply(
-                req,
-                403,
-                "csrf",
-                "This form expired. Go back, reload the page and try again.",
-            ));
-        }
         let session = id.session.clone();
         let ticket = match self.gate(req, &session.username).await {
             Gate::Check(ticket) => ticket,
