@@ -23,8 +23,14 @@ use crate::store::{Session, Stage, Store, StoreError};
 /// How long a validated session is trusted without asking the store again.
 pub const CACHE_TTL: u64 = 1;
 /// Last-use times are written at most this often (seconds), so idle tracking costs one write
-/// a minute per active session rather than one per request.
+/// a minute per active session rather than one per request; for short idle timeouts, at most
+/// a tenth of the timeout, so the stored time never lags enough to end a busy session early.
 pub const TOUCH_EVERY: u64 = 60;
+
+/// How stale a session's stored last-use time may get before it is written again.
+fn touch_interval(idle_timeout: u64) -> u64 {
+    TOUCH_EVERY.min(idle_timeout / 10).max(1)
+}
 /// Cache size bound; past it the cache is cleared rather than grown.
 const CACHE_MAX: usize = 100_000;
 
@@ -149,7 +155,7 @@ impl Sessions {
             }
         };
         let mut session = session;
-        if now.saturating_sub(session.last_seen) >= TOUCH_EVERY {
+        if now.saturating_sub(session.last_seen) >= touch_interval(session.idle_timeout) {
             self.store.touch_session(&hash, now)?;
             session.last_seen = now;
         }
@@ -321,6 +327,24 @@ mod tests {
         }
         let end = t.session.absolute_timeout.as_secs();
         assert!(matches!(s.lookup(&t, &token, end), Ok(Lookup::Ended(_))));
+    }
+
+    #[test]
+    fn a_busy_session_with_a_short_idle_timeout_stays_alive() {
+        let s = sessions_with_user("acme");
+        let mut t = tenant("acme");
+        t.session.idle_timeout = std::time::Duration::from_secs(60);
+        let (token, _) = s
+            .issue(&t, "alice", Stage::Active, vec![], "/", 0)
+            .expect("issued");
+        for now in (5..=300).step_by(5) {
+            assert!(
+                matches!(s.lookup(&t, &token, now), Ok(Lookup::Live(_))),
+                "used every 5 s, alive at {now}"
+            );
+        }
+        assert_eq!(touch_interval(60), 6);
+        assert_eq!(touch_interval(1800), 60);
     }
 
     #[test]
