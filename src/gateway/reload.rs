@@ -88,6 +88,8 @@ fn reload(shared: &Shared) -> bool {
         outcome: outcome_kind,
         reason,
     });
+    // This runs on a blocking thread: wait until the record is on disk, like every action.
+    shared.audit.flush();
     applied
 }
 

@@ -129,6 +129,9 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
         // Stop quickly on SIGTERM/SIGINT; in-flight requests get a short grace.
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(5),
+        // Each connection stays on the thread that accepted it: no cross-thread wake-ups per
+        // request (measured: fewer futex calls, higher throughput on small machines).
+        work_stealing: false,
         ..ServerConf::default()
     };
     let data = config.server.data_dir.display().to_string();
