@@ -255,21 +255,34 @@ mod tests {
 
     impl RedisServer {
         fn start() -> Self {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .expect("a free loopback port")
-                .port();
-            let mut server = RedisServer {
-                port,
-                dir: tempfile::tempdir().expect("tempdir"),
-                child: None,
-            };
-            server.spawn();
-            server
+            let mut last = String::new();
+            for _ in 0..5 {
+                let mut server = RedisServer {
+                    port: unused_port(),
+                    dir: tempfile::tempdir().expect("tempdir"),
+                    child: None,
+                };
+                match server.try_spawn() {
+                    Ok(()) => return server,
+                    Err(e) => last = e,
+                }
+            }
+            panic!("redis-server did not start: {last}");
         }
 
-        /// Starts (or restarts) the server on its port and waits until it accepts.
+        /// Starts the server again on its port (after [`Self::kill`]), retrying while the
+        /// port frees up.
         fn spawn(&mut self) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Err(e) = self.try_spawn() {
+                assert!(Instant::now() < deadline, "redis-server did not restart: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        /// Starts the server and waits until the process answering on the port is this one:
+        /// a port someone else took meanwhile must not hand the test another test's Redis.
+        fn try_spawn(&mut self) -> Result<(), String> {
             let mut child = Command::new("redis-server")
                 .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--dir"])
@@ -283,16 +296,23 @@ mod tests {
                          scripts/install-deps.sh (make test does)"
                     )
                 });
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("redis-server on port {} exited: {status}", self.port);
+                    return Err(format!("redis-server on port {} exited: {status}", self.port));
                 }
-                assert!(Instant::now() < deadline, "redis-server did not start");
+                if serving_pid(self.port) == Some(child.id()) {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("redis-server on port {} did not answer", self.port));
+                }
                 // Waiting for a process to come up, not for the limiter's clock.
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.child = Some(child);
         }
 
         fn kill(&mut self) {
@@ -323,6 +343,53 @@ mod tests {
                 .await
                 .expect("connect")
         }
+    }
+
+    /// A loopback port no other test of this process was given.
+    fn unused_port() -> u16 {
+        static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        loop {
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+            if !given.contains(&port) {
+                given.push(port);
+                return port;
+            }
+        }
+    }
+
+    /// The process id of the Redis answering on `port`, from `INFO server`.
+    fn serving_pid(port: u16) -> Option<u32> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream
+            .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            .ok()?;
+        // The reply is one bulk string: `$<length>\r\n<text>\r\n`.
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&reply);
+            if let Some((header, body)) = text.split_once("\r\n") {
+                let length: usize = header.strip_prefix('$')?.parse().ok()?;
+                if body.len() >= length {
+                    break;
+                }
+            }
+            let n = stream.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            reply.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&reply)
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
     }
 
     impl Drop for RedisServer {
