@@ -44,6 +44,8 @@ pub mod ratelimit;
 
 pub mod auth;
 
+pub mod saml;
+
 pub mod policy;
 
 pub mod upstream;

@@ -91,11 +91,15 @@ pub enum EventKind {
     /// An operator asked the running gateway to reload its configuration (the result follows
     /// as `config_reloaded` or `config_rejected`).
     ConfigReloadRequested,
+    /// A SAML assertion was verified and signed a user in.
+    SamlAssertionAccepted,
+    /// A SAML response was refused (the reason code says why; the response is never stored).
+    SamlAssertionRejected,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::ConfigReloaded,
         EventKind::ConfigRejected,
         EventKind::RequestDenied,
@@ -120,6 +124,8 @@ impl EventKind {
         EventKind::MfaRemoved,
         EventKind::MfaReset,
         EventKind::ConfigReloadRequested,
+        EventKind::SamlAssertionAccepted,
+        EventKind::SamlAssertionRejected,
     ];
 
     /// The stable snake_case name (same as the serde name).
@@ -149,6 +155,8 @@ impl EventKind {
             EventKind::MfaRemoved => "mfa_removed",
             EventKind::MfaReset => "mfa_reset",
             EventKind::ConfigReloadRequested => "config_reload_requested",
+            EventKind::SamlAssertionAccepted => "saml_assertion_accepted",
+            EventKind::SamlAssertionRejected => "saml_assertion_rejected",
         }
     }
 }
@@ -476,6 +484,8 @@ mod tests {
                 "mfa_removed",
                 "mfa_reset",
                 "config_reload_requested",
+                "saml_assertion_accepted",
+                "saml_assertion_rejected",
             ]
         );
         for kind in EventKind::ALL {

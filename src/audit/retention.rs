@@ -46,6 +46,8 @@ mod tests {
             password: Default::default(),
             mfa: Default::default(),
             audit_retention: Duration::from_secs(days * 86_400),
+            login: Default::default(),
+            saml: None,
             source: "t.toml".into(),
         }
     }

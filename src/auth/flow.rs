@@ -45,13 +45,24 @@ use super::jwt::{self, Claims, JwtError, Keyring, TokenCache};
 
 mod admin;
 mod mfa;
+mod saml;
 pub use admin::{
     ActionOutcome, Actor, SessionSummary, UserAction, UserSummary, ADMIN_ROLE, PAGE_SIZE,
 };
 use arc_swap::ArcSwap;
+pub use saml::SAML_BROWSER;
 
 /// Largest body a gateway endpoint reads; a login form is a few hundred bytes.
 pub const MAX_BODY: usize = 16 * 1024;
+
+/// Largest body read for `path`: SAML responses are bigger than forms.
+pub fn body_limit(path: &str) -> usize {
+    if path == "/.auth/saml/acs" {
+        crate::saml::MAX_POST_BYTES + 1024
+    } else {
+        MAX_BODY
+    }
+}
 
 /// The one message for every failed sign-in, whatever the reason.
 const BAD_LOGIN: &str = "Incorrect username or password.";
@@ -77,6 +88,8 @@ pub struct AuthRequest<'a> {
     pub body: Bytes,
     /// The client under the trusted-proxy rules.
     pub client_ip: Option<IpAddr>,
+    /// The HTTPS port browsers use (SAML addresses).
+    pub public_port: u16,
 }
 
 impl AuthRequest<'_> {
@@ -233,6 +246,8 @@ pub struct Auth {
     pub limiter: Arc<dyn Limiter>,
     metrics: Arc<Metrics>,
     sealer: Arc<Sealer>,
+    /// IdP metadata fetched from URLs.
+    pub saml: Arc<crate::saml::fetch::IdpDirectory>,
 }
 
 /// The pieces [`Auth`] is built from.
@@ -277,6 +292,7 @@ impl Auth {
             limiter: parts.limiter,
             metrics: parts.metrics,
             sealer: parts.sealer,
+            saml: Arc::default(),
         }
     }
 
@@ -493,6 +509,9 @@ impl Auth {
             (&Method::POST, "/.auth/mfa") => self.mfa_verify(req).await,
             (&Method::GET, "/.auth/mfa/enroll") => self.enroll_form(req).await,
             (&Method::POST, "/.auth/mfa/enroll") => self.enroll_post(req).await,
+            (&Method::GET, "/.auth/saml/metadata") => self.saml_metadata(req).await,
+            (&Method::GET, "/.auth/saml/login") => self.saml_login(req).await,
+            (&Method::POST, "/.auth/saml/acs") => self.saml_acs(req).await,
             (_, path) if path == "/.auth/admin" || path.starts_with("/.auth/admin/") => {
                 self.admin(req).await
             }
@@ -506,8 +525,14 @@ impl Auth {
             }
             (
                 _,
-                "/.auth/login" | "/.auth/password" | "/.auth/logout" | "/.auth/whoami"
-                | "/.auth/jwks.json",
+                "/.auth/login"
+                | "/.auth/password"
+                | "/.auth/logout"
+                | "/.auth/whoami"
+                | "/.auth/jwks.json"
+                | "/.auth/saml/metadata"
+                | "/.auth/saml/login"
+                | "/.auth/saml/acs",
             ) => Ok(error_reply(
                 req,
                 405,
@@ -563,7 +588,9 @@ impl Auth {
             return_to,
             username,
             error: error.map(|_| message),
-            password_enabled: true,
+            password_enabled: req.tenant.login.password,
+            sso: req.tenant.login.saml,
+            break_glass: !req.tenant.login.break_glass.is_empty(),
         });
         Reply::html(status, page).cookie(cookie::set(LOGIN_CSRF, &csrf, "Strict"))
     }
@@ -605,6 +632,30 @@ impl Auth {
         }
         let return_to = return_to::safe(&fields.return_to, req.host).unwrap_or_else(|| "/".into());
         let username = fields.username.trim().to_string();
+        // SSO-only tenants: no password is checked, except for the break-glass accounts.
+        if !req.tenant.login.password_allowed_for(&username) {
+            self.audit(
+                req,
+                EventKind::LoginFailed,
+                Outcome::Denied,
+                Some(&username),
+                Some("password_login_disabled"),
+            )
+            .await;
+            return Ok(if json {
+                Reply::json_error(403, "password_login_disabled")
+            } else {
+                self.login_page(
+                    req,
+                    &return_to,
+                    Some((
+                        &username,
+                        "Password sign-in is turned off for this organisation.",
+                    )),
+                    403,
+                )
+            });
+        }
         let ticket = match self.gate(req, &username).await {
             Gate::Check(ticket) => ticket,
             Gate::Refused(reply) => return Ok(reply),
@@ -620,9 +671,10 @@ impl Auth {
             );
             Self::blocking(move || store.user(&tenant, &name)).await?
         };
+        // An IdP-provisioned user has no password here, whatever the store says.
         let usable_hash = user
             .as_ref()
-            .filter(|u| !u.disabled)
+            .filter(|u| !u.disabled && u.idp.is_none())
             .and_then(|u| u.password_hash.clone());
         let verified = self
             .hasher
@@ -971,10 +1023,11 @@ impl Auth {
             None,
         )
         .await;
-        let reply = if json {
-            Reply::json(200, &serde_json::json!({ "ok": true }))
-        } else {
-            Reply::redirect(303, "/.auth/login")
+        let slo = self.saml_logout_target(req.tenant, &id.session.amr);
+        let reply = match (json, slo) {
+            (true, slo) => Reply::json(200, &serde_json::json!({ "ok": true, "idp_logout": slo })),
+            (false, Some(slo)) => Reply::redirect(303, &slo),
+            (false, None) => Reply::redirect(303, "/.auth/login"),
         };
         Ok(reply.cookie(cookie::clear(SESSION)))
     }

@@ -83,6 +83,10 @@ pub struct LoginPage<'a> {
     pub error: Option<&'a str>,
     /// Whether the tenant allows password sign-in.
     pub password_enabled: bool,
+    /// Whether the tenant signs in through its SAML IdP (a button to start it).
+    pub sso: bool,
+    /// Password sign-in is off but break-glass administrators may use it.
+    pub break_glass: bool,
 }
 
 /// The sign-in page: a form posting `username`, `password`, `csrf`, `return_to` to
@@ -92,12 +96,25 @@ pub fn login_page(page: &LoginPage<'_>) -> String {
     let title = format!("Sign in to {tenant}");
     let mut body = format!("<h1>{title}</h1>\n");
     body.push_str(&error_block(page.error));
+    if page.sso {
+        let back: String = form_urlencoded::byte_serialize(page.return_to.as_bytes()).collect();
+        body.push_str(&format!(
+            "<p><a class=\"button\" href=\"/.auth/saml/login?return_to={}\">\
+             Sign in with single sign-on</a></p>\n",
+            escape_html(&back)
+        ));
+    }
     if !page.password_enabled {
         body.push_str(
             "<p>Password sign-in is turned off for this organisation. \
              Use your organisation's single sign-on.</p>\n",
         );
-        return layout(&title, &body);
+        if !page.break_glass {
+            return layout(&title, &body);
+        }
+        body.push_str("<h2>Emergency administrator sign-in</h2>\n");
+    } else if page.sso {
+        body.push_str("<h2>Or sign in with a password</h2>\n");
     }
     let described = described_by(page.error);
     // A prefilled username means the password is what to fix: focus goes there.
@@ -489,15 +506,70 @@ pub fn admin_users_page(
     layout(&title, &body)
 }
 
-/// The tenant's SAML settings (read-only): none yet.
-pub fn admin_saml_page(tenant_name: &str) -> String {
+/// The tenant's SAML settings (read-only), from the status document of `saml_status`.
+pub fn admin_saml_page(tenant_name: &str, status: &serde_json::Value) -> String {
     let title = format!("SAML of {}", escape_html(tenant_name));
-    let body = format!(
-        "{nav}<h1>{title}</h1>\n\
-         <p>SAML single sign-on is not configured for this organisation yet. Users sign in with \
-         a password.</p>\n",
-        nav = admin_nav(),
-    );
+    let mut body = format!("{nav}<h1>{title}</h1>\n", nav = admin_nav());
+    if status["configured"] != true {
+        body.push_str(
+            "<p>SAML single sign-on is not configured for this organisation yet. Users sign in \
+             with a password.</p>\n",
+        );
+        return layout(&title, &body);
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => escape_html(s),
+        serde_json::Value::Null => "—".to_string(),
+        other => escape_html(&other.to_string()),
+    };
+    body.push_str("<h2>Enter these at your identity provider</h2>\n<dl>\n");
+    for (label, key) in [
+        ("Entity ID (audience)", "entity_id"),
+        ("ACS URL (reply, recipient, destination)", "acs_url"),
+        ("SP metadata", "metadata_url"),
+    ] {
+        body.push_str(&format!(
+            "<dt>{label}</dt><dd><code>{}</code></dd>\n",
+            text(&status["sp"][key])
+        ));
+    }
+    body.push_str("</dl>\n<h2>Identity provider</h2>\n<dl>\n");
+    for (label, key) in [
+        ("Entity ID", "entity_id"),
+        ("Sign-on URL", "sso_url"),
+        ("Logout URL", "slo_url"),
+        ("Metadata from", "metadata_source"),
+    ] {
+        body.push_str(&format!(
+            "<dt>{label}</dt><dd>{}</dd>\n",
+            text(&status["idp"][key])
+        ));
+    }
+    for cert in status["idp"]["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        body.push_str(&format!(
+            "<dt>Signing certificate</dt><dd>SHA-256 <code>{}</code>, expires {}</dd>\n",
+            text(&cert["sha256"]),
+            text(&cert["not_after"])
+        ));
+    }
+    body.push_str("</dl>\n<h2>Settings</h2>\n<dl>\n");
+    for (label, key) in [
+        ("Sign-in methods", "login_methods"),
+        ("IdP-initiated sign-in", "allow_idp_initiated"),
+        ("Signed requests", "sign_authn_requests"),
+        ("Create users at first sign-in", "jit_provisioning"),
+        ("Clock skew (seconds)", "clock_skew_seconds"),
+    ] {
+        body.push_str(&format!(
+            "<dt>{label}</dt><dd>{}</dd>\n",
+            text(&status[key])
+        ));
+    }
+    body.push_str("</dl>\n");
     layout(&title, &body)
 }
 
@@ -564,6 +636,8 @@ mod tests {
             username: "",
             error,
             password_enabled: true,
+            sso: false,
+            break_glass: false,
         }
     }
 
@@ -617,6 +691,8 @@ mod tests {
             username: XSS,
             error: Some(XSS),
             password_enabled: true,
+            sso: true,
+            break_glass: false,
         });
         let pages = [
             page,
@@ -733,6 +809,29 @@ mod tests {
     }
 
     #[test]
+    fn sso_tenants_get_a_button_and_break_glass_keeps_the_form() {
+        let html = login_page(&LoginPage {
+            password_enabled: false,
+            sso: true,
+            return_to: "/app?x=1",
+            ..login(None)
+        });
+        assert!(html.contains("href=\"/.auth/saml/login?return_to=%2Fapp%3Fx%3D1\""));
+        assert!(!html.contains("<form"));
+        let html = login_page(&LoginPage {
+            password_enabled: false,
+            sso: true,
+            break_glass: true,
+            ..login(None)
+        });
+        assert!(html.contains("Emergency administrator sign-in"));
+        assert_eq!(
+            field_names(&html),
+            ["csrf", "return_to", "username", "password"]
+        );
+    }
+
+    #[test]
     fn logout_form_posts_csrf_to_logout() {
         let html = logout_page("tok123");
         assert!(html.contains("<form method=\"post\" action=\"/.auth/logout\">"));
@@ -788,7 +887,10 @@ mod tests {
                 "alice",
                 Some(text),
             ),
-            admin_saml_page(text),
+            admin_saml_page(
+                text,
+                &serde_json::json!({ "configured": true, "sp": { "entity_id": text } }),
+            ),
         ]
     }
 

@@ -45,6 +45,18 @@ impl Reply {
         reply
     }
 
+    /// An XML document (SAML metadata), cacheable for an hour.
+    pub fn xml(status: u16, document: String) -> Self {
+        let mut reply = Self::new(
+            status,
+            "application/samlmetadata+xml",
+            Bytes::from(document),
+        );
+        reply.headers.retain(|(n, _)| n != header::CACHE_CONTROL);
+        reply.push(header::CACHE_CONTROL, "public, max-age=3600");
+        reply
+    }
+
     /// A JSON document.
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
         Self::new(status, "application/json", Bytes::from(value.to_string()))

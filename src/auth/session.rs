@@ -231,6 +231,8 @@ mod tests {
             password: Default::default(),
             mfa: Default::default(),
             audit_retention: std::time::Duration::from_secs(90 * 86_400),
+            login: Default::default(),
+            saml: None,
             source: "t.toml".into(),
         }
     }
@@ -247,6 +249,7 @@ mod tests {
                 created_at: 0,
                 password_changed_at: 0,
                 totp_secret: None,
+                idp: None,
             })
             .expect("user");
         Sessions::new(Arc::new(store))

@@ -28,8 +28,12 @@ pub enum UserCommand {
         #[arg(long = "role")]
         roles: Vec<String>,
         /// Read the password from the first line of standard input.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sso")]
         password_stdin: bool,
+        /// A user who signs in through the tenant's SAML IdP (no password): needed when the
+        /// tenant's `jit_provisioning` is off.
+        #[arg(long)]
+        sso: bool,
     },
     /// Set a new password (read from standard input); ends the user's sessions.
     Passwd {
@@ -167,6 +171,7 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
             username,
             roles,
             password_stdin,
+            sso,
         } => {
             validate_username(&username)?;
             for r in &roles {
@@ -178,17 +183,22 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
                     bail!("role `{r}` must be letters, digits and - _ . :");
                 }
             }
-            let password = read_password(password_stdin, &username, &ctx.tenant)?;
-            let phc = hash_password(&password)?;
+            let (password_hash, idp) = if sso {
+                (None, Some(idp_entity_id(&ctx.config, &ctx.tenant)?))
+            } else {
+                let password = read_password(password_stdin, &username, &ctx.tenant)?;
+                (Some(hash_password(&password)?), None)
+            };
             ctx.store.create_user(&User {
                 tenant: ctx.tenant.id.clone(),
                 username: username.clone(),
-                password_hash: Some(phc),
+                password_hash,
                 roles,
                 disabled: false,
                 created_at: now,
                 password_changed_at: now,
                 totp_secret: None,
+                idp,
             })?;
             ctx.audit(EventKind::UserCreated, &username, None);
             println!("created user {username} in tenant {}", ctx.tenant.id);
@@ -197,7 +207,9 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
             username,
             password_stdin,
         } => {
-            ctx.existing(&username)?;
+            if ctx.existing(&username)?.idp.is_some() {
+                bail!("`{username}` signs in through the tenant's IdP and has no password here");
+            }
             let password = read_password(password_stdin, &username, &ctx.tenant)?;
             let phc = hash_password(&password)?;
             ctx.store
@@ -231,10 +243,11 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
         UserCommand::List => {
             for u in ctx.store.users(&ctx.tenant.id)? {
                 println!(
-                    "{}\t{}\troles={}",
+                    "{}\t{}\troles={}{}",
                     u.username,
                     if u.disabled { "disabled" } else { "active" },
-                    u.roles.join(",")
+                    u.roles.join(","),
+                    u.idp.map(|i| format!("\tsso={i}")).unwrap_or_default()
                 );
             }
         }
@@ -282,6 +295,32 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
     }
     ctx.audit.flush();
     Ok(())
+}
+
+/// The entity ID of the tenant's IdP, from its metadata file or the last fetched copy.
+fn idp_entity_id(config: &Config, tenant: &Tenant) -> anyhow::Result<String> {
+    use crate::config::MetadataSource;
+    let Some(saml) = &tenant.saml else {
+        bail!("tenant `{}` has no [saml] table", tenant.id);
+    };
+    match &saml.metadata {
+        MetadataSource::File { idp, .. } => Ok(idp.entity_id.clone()),
+        MetadataSource::Url { .. } => {
+            let cached = config
+                .server
+                .data_dir
+                .join("saml")
+                .join(format!("{}.xml", tenant.id));
+            let xml = std::fs::read_to_string(&cached).with_context(|| {
+                format!(
+                    "the IdP metadata of `{}` has not been fetched yet; start the gateway once",
+                    tenant.id
+                )
+            })?;
+            let idp = crate::saml::IdpMetadata::parse(&xml).map_err(anyhow::Error::msg)?;
+            Ok(idp.entity_id)
+        }
+    }
 }
 
 /// Clear an account's lock: directly in Redis when budgets live there, otherwise through the
@@ -416,6 +455,7 @@ pub fn ensure_demo_users(
             created_at: now,
             password_changed_at: now,
             totp_secret: None,
+            idp: None,
         })?;
     }
     Ok(())

@@ -7,6 +7,7 @@
 
 mod error;
 mod policy;
+mod saml;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use policy::{
     Access, MfaPolicy, RequestRate, Route, SessionPolicy, Tenant, Upstream,
     DEFAULT_AUDIT_RETENTION_DAYS,
 };
+pub use saml::{check_metadata_url, LoginPolicy, MetadataSource, SamlPolicy};
 
 use error::Reporter;
 
@@ -295,6 +297,20 @@ impl Config {
     pub fn source_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         files.extend(self.tenants.iter().map(|t| t.source.clone()));
+        for t in &self.tenants {
+            if let Some(crate::config::SamlPolicy {
+                metadata:
+                    MetadataSource::File { path, .. }
+                    | MetadataSource::Url {
+                        ca_file: Some(path),
+                        ..
+                    },
+                ..
+            }) = &t.saml
+            {
+                files.push(path.clone());
+            }
+        }
         for c in &self.certificates {
             files.push(c.cert_path.clone());
             files.push(c.key_path.clone());

@@ -12,6 +12,7 @@ use crate::auth::password::{PasswordPolicy, MAX_LENGTH, MIN_LENGTH_FLOOR};
 use toml::Spanned;
 
 use super::error::{ConfigError, Reporter};
+use super::saml::{login_policy, saml_policy, LoginPolicy, RawLogin, RawSaml, SamlPolicy};
 
 /// A validated tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,10 @@ pub struct Tenant {
     pub mfa: MfaPolicy,
     /// How long this tenant's audit records are kept.
     pub audit_retention: Duration,
+    /// Sign-in methods.
+    pub login: LoginPolicy,
+    /// SAML SSO, when configured.
+    pub saml: Option<SamlPolicy>,
     /// The policy file.
     pub source: PathBuf,
 }
@@ -131,6 +136,9 @@ struct RawPolicy {
     ratelimit: RawTenantRate,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    login: RawLogin,
+    saml: Option<RawSaml>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,6 +320,11 @@ fn parse(
         }
     };
     let password = password_policy(&raw.password, rep, &mut ok);
+    let saml = raw
+        .saml
+        .as_ref()
+        .and_then(|s| saml_policy(s, file, rep, &mut ok));
+    let login = login_policy(&raw.login, raw.saml.is_some(), rep, &mut ok);
     // Longest prefix first, so the first match is the most specific.
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
@@ -324,6 +337,8 @@ fn parse(
         password,
         mfa,
         audit_retention: Duration::from_secs(retention_days * 86_400),
+        login,
+        saml,
         source: file.to_path_buf(),
     })
 }

@@ -4,6 +4,7 @@
 //! that returns a typed outcome; the modules know nothing of pingora.
 
 pub mod admit;
+pub mod idp_refresh;
 pub mod redirect;
 pub mod reload;
 pub mod respond;
@@ -90,9 +91,20 @@ impl Gateway {
         ctx: &mut Ctx,
         prepared: &Prepared,
     ) -> pingora::Result<bool> {
+        if prepared.target.path.starts_with("/.auth/saml/") {
+            let rt = self.shared.runtime.load();
+            if let Err(wait) = ctx
+                .client
+                .map_or(Ok(()), |ip| rt.request_limits.check_saml(ip))
+            {
+                self.shared.metrics.limiter_decision("saml_rate");
+                return self.too_many(session, ctx, wait).await;
+            }
+        }
         let mut body = BytesMut::new();
+        let limit = flow::body_limit(&prepared.target.path);
         while let Some(chunk) = session.read_request_body().await? {
-            if body.len() + chunk.len() > flow::MAX_BODY {
+            if body.len() + chunk.len() > limit {
                 return self.refuse(session, ctx, RequestError::BodyTooLarge).await;
             }
             body.extend_from_slice(&chunk);
@@ -116,6 +128,7 @@ impl Gateway {
             headers: &req.headers,
             body: body.freeze(),
             client_ip: ctx.client,
+            public_port: self.shared.runtime.load().config.server.https_public_port,
         };
         let grace = self.shared.runtime.load().config.keys.jwt_grace.as_secs();
         let auth = Arc::clone(&self.shared.auth);

@@ -177,6 +177,10 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
         Pruner::new(Arc::clone(&shared)),
     ));
     server.add_service(background_service(
+        "portcullis saml metadata",
+        crate::gateway::idp_refresh::IdpRefresher::new(Arc::clone(&shared)),
+    ));
+    server.add_service(background_service(
         "portcullis config reloader",
         Reloader::new(shared),
     ));

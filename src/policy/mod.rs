@@ -59,6 +59,8 @@ mod tests {
             password: Default::default(),
             mfa: Default::default(),
             audit_retention: std::time::Duration::from_secs(90 * 86_400),
+            login: Default::default(),
+            saml: None,
             source: "t.toml".into(),
         }
     }

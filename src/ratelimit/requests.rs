@@ -49,16 +49,34 @@ impl PerIp {
     }
 }
 
-/// Per-IP request budgets of every route that has one; rebuilt on reload.
-#[derive(Default)]
+/// Per-IP SAML endpoint budget (sign-in starts and posted responses): each start stores a
+/// request row and each post costs a signature check, so one address gets 10 a second with a
+/// burst of 30 — far above what a person signing in needs.
+pub const SAML_PER_SECOND: u32 = 10;
+/// Burst of [`SAML_PER_SECOND`].
+pub const SAML_BURST: u32 = 30;
+
+/// Per-IP request budgets of every route that has one, and of the SAML endpoints; rebuilt on
+/// reload.
 pub struct RequestLimits {
-    by_route: HashMap<(String, String), PerIp>,
+    /// tenant → route → budget (nested so a lookup borrows, with no key built per request).
+    by_route: HashMap<String, HashMap<String, PerIp>>,
+    saml: PerIp,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self::new(&[])
+    }
 }
 
 impl std::fmt::Debug for RequestLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestLimits")
-            .field("routes", &self.by_route.len())
+            .field(
+                "routes",
+                &self.by_route.values().map(HashMap::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -68,25 +86,41 @@ impl RequestLimits {
     pub fn new(tenants: &[Tenant]) -> Self {
         let by_route = tenants
             .iter()
-            .flat_map(|t| {
-                t.routes.iter().filter_map(move |r| {
-                    let RequestRate { per_second, burst } = r.rate?;
-                    Some((
-                        (t.id.clone(), r.id.clone()),
-                        PerIp::new(quota(per_second, burst)),
-                    ))
-                })
+            .map(|t| {
+                let routes = t
+                    .routes
+                    .iter()
+                    .filter_map(|r| {
+                        let RequestRate { per_second, burst } = r.rate?;
+                        Some((r.id.clone(), PerIp::new(quota(per_second, burst))))
+                    })
+                    .collect::<HashMap<_, _>>();
+                (t.id.clone(), routes)
             })
+            .filter(|(_, routes)| !routes.is_empty())
             .collect();
-        Self { by_route }
+        let saml = PerIp::new(quota(
+            NonZeroU32::new(SAML_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+            NonZeroU32::new(SAML_BURST).unwrap_or(NonZeroU32::MIN),
+        ));
+        Self { by_route, saml }
     }
 
     /// `Ok` if the client may make this request now, else how long to wait.
     pub fn check(&self, tenant: &str, route: &str, ip: IpAddr) -> Result<(), Duration> {
-        match self.by_route.get(&(tenant.to_string(), route.to_string())) {
+        match self
+            .by_route
+            .get(tenant)
+            .and_then(|routes| routes.get(route))
+        {
             Some(limit) => limit.check(ip),
             None => Ok(()),
         }
+    }
+
+    /// `Ok` if `ip` may use a SAML endpoint now, else how long until it may.
+    pub fn check_saml(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.saml.check(ip)
     }
 }
 
@@ -135,6 +169,25 @@ impl ConnectionFilter for ConnectionLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saml_endpoints_have_a_per_ip_budget() {
+        let limits = RequestLimits::new(&[]);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        for _ in 0..SAML_BURST {
+            assert!(limits.check_saml(a).is_ok());
+        }
+        assert!(limits.check_saml(a).is_err(), "over the burst");
+        assert!(
+            limits.check_saml(b).is_ok(),
+            "another address has its own budget"
+        );
+        assert!(
+            limits.check("acme", "app", a).is_ok(),
+            "routes without a rate pass"
+        );
+    }
 
     #[test]
     fn route_budget_refuses_after_the_burst_per_ip() {

@@ -35,6 +35,9 @@ pub struct User {
     pub password_changed_at: u64,
     /// The TOTP secret, sealed; `None` when the user has no second factor.
     pub totp_secret: Option<String>,
+    /// The entity ID of the SAML IdP this user signs in through; `None` for a local account.
+    /// An IdP's assertion only ever signs in users carrying that IdP's entity ID.
+    pub idp: Option<String>,
 }
 
 impl std::fmt::Debug for User {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for User {
             .field("roles", &self.roles)
             .field("disabled", &self.disabled)
             .field("totp", &self.totp_secret.is_some())
+            .field("idp", &self.idp)
             .finish_non_exhaustive()
     }
 }
@@ -140,6 +144,9 @@ pub trait AccountStore: Send + Sync {
         phc: &str,
         changed_at: u64,
     ) -> Result<bool, StoreError>;
+    /// Replace a user's roles; false if there is no such user.
+    fn set_roles(&self, tenant: &str, username: &str, roles: &[String])
+        -> Result<bool, StoreError>;
     /// Disable or enable a user; false if there is no such user.
     fn set_disabled(
         &self,

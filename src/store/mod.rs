@@ -6,9 +6,11 @@
 //! on an async worker. The audit sink ([`crate::audit::AuditSink`]) already does that.
 
 pub mod accounts;
+pub mod saml;
 pub mod sqlite;
 
 pub use accounts::{valid_username, AccountStore, Session, Stage, User};
+pub use saml::{PendingRequest, SamlStore, SpKey};
 pub use sqlite::SqliteStore;
 
 use std::fmt;
@@ -235,9 +237,9 @@ pub trait OperatorAuditStore: Send + Sync {
 }
 
 /// Everything the gateway keeps: audit trail, accounts and sessions.
-pub trait Store: AuditStore + OperatorAuditStore + AccountStore {}
+pub trait Store: AuditStore + OperatorAuditStore + AccountStore + SamlStore {}
 
-impl<T: AuditStore + OperatorAuditStore + AccountStore> Store for T {}
+impl<T: AuditStore + OperatorAuditStore + AccountStore + SamlStore> Store for T {}
 
 /// Opens the store `url` points at.
 pub fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {

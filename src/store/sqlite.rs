@@ -19,6 +19,7 @@ use rusqlite::{named_params, params, Connection, OptionalExtension, Row, Transac
 use time::OffsetDateTime;
 
 mod accounts;
+mod saml;
 
 use super::{
     AuditQuery, AuditStore, OperatorAuditQuery, OperatorAuditStore, PositionedRecord, StoreError,
@@ -97,6 +98,29 @@ const MIGRATIONS: &[&str] = &[
         username  TEXT NOT NULL,
         code_hash TEXT NOT NULL,
         PRIMARY KEY (tenant, username, code_hash)
+    ) WITHOUT ROWID;",
+    // v4: SAML. `idp` marks a user provisioned by an IdP (its entity ID; NULL for local
+    // accounts), so an IdP's assertion can never sign in as a local account or one of another
+    // IdP. Outstanding AuthnRequest IDs, the assertion replay cache and SP signing keys.
+    "ALTER TABLE user ADD COLUMN idp TEXT;
+    CREATE TABLE saml_request (
+        tenant     TEXT    NOT NULL,
+        id         TEXT    NOT NULL,
+        return_to  TEXT    NOT NULL,
+        expires_at INTEGER NOT NULL,
+        browser    TEXT    NOT NULL,
+        PRIMARY KEY (tenant, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE saml_replay (
+        issuer       TEXT    NOT NULL,
+        assertion_id TEXT    NOT NULL,
+        keep_until   INTEGER NOT NULL,
+        PRIMARY KEY (issuer, assertion_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE saml_sp_key (
+        tenant     TEXT PRIMARY KEY,
+        sealed_key TEXT NOT NULL,
+        cert_der   BLOB NOT NULL
     ) WITHOUT ROWID;",
 ];
 

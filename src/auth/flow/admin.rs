@@ -484,11 +484,17 @@ impl Auth {
             (&Method::GET, "" | "/") => Ok(Reply::redirect(302, "/.auth/admin/audit")),
             (&Method::GET, "/audit") => self.admin_audit(req, format).await,
             (&Method::GET, "/users") => self.admin_users(req, &id, json).await,
-            (&Method::GET, "/saml") => Ok(if json {
-                Reply::json(200, &serde_json::json!({ "configured": false }))
-            } else {
-                Reply::html(200, pages::admin_saml_page(&req.tenant.display_name))
-            }),
+            (&Method::GET, "/saml") => {
+                let status = self.saml_status(req);
+                Ok(if json {
+                    Reply::json(200, &status)
+                } else {
+                    Reply::html(
+                        200,
+                        pages::admin_saml_page(&req.tenant.display_name, &status),
+                    )
+                })
+            }
             (_, "" | "/" | "/audit" | "/users" | "/saml") => Ok(not_allowed(json, "GET")),
             _ => Ok(fail(
                 json,

@@ -7,11 +7,12 @@ use crate::store::accounts::{AccountStore, Session, Stage, User};
 use crate::store::StoreError;
 
 const USER_COLUMNS: &str =
-    "tenant, username, password_hash, roles, disabled, created_at, password_changed_at, totp_secret";
+    "tenant, username, password_hash, roles, disabled, created_at, password_changed_at, totp_secret, idp";
 const SESSION_COLUMNS: &str = "token_hash, id, tenant, username, stage, amr, csrf, return_to, \
                                created_at, last_seen, expires_at, idle_timeout, pending_totp";
 
-fn secs(v: u64) -> Result<i64, StoreError> {
+/// Unix seconds as SQLite stores them (shared with the SAML tables).
+pub(super) fn secs(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("time {v} out of range")))
 }
 
@@ -38,6 +39,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<(User, String, i64, i64)> {
             created_at: 0,
             password_changed_at: 0,
             totp_secret: row.get(7)?,
+            idp: row.get(8)?,
         },
         row.get(3)?,
         row.get(5)?,
@@ -115,7 +117,7 @@ impl AccountStore for SqliteStore {
         let conn = self.lock();
         let inserted = conn
             .execute(
-                &format!("INSERT OR IGNORE INTO user ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                &format!("INSERT OR IGNORE INTO user ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
                     user.tenant,
                     user.username,
@@ -125,6 +127,7 @@ impl AccountStore for SqliteStore {
                     secs(user.created_at)?,
                     secs(user.password_changed_at)?,
                     user.totp_secret,
+                    user.idp,
                 ],
             )
             .ctx("create user")?;
@@ -195,6 +198,22 @@ impl AccountStore for SqliteStore {
                 params![tenant, username, disabled],
             )
             .ctx("disable user")?;
+        Ok(n == 1)
+    }
+
+    fn set_roles(
+        &self,
+        tenant: &str,
+        username: &str,
+        roles: &[String],
+    ) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "UPDATE user SET roles = ?3 WHERE tenant = ?1 AND username = ?2",
+                params![tenant, username, to_json(roles)],
+            )
+            .ctx("set user roles")?;
         Ok(n == 1)
     }
 
@@ -412,6 +431,7 @@ mod tests {
             created_at: 10,
             password_changed_at: 10,
             totp_secret: None,
+            idp: None,
         }
     }
 
