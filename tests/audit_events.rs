@@ -29,7 +29,7 @@ const GLOBEX: &str = "globex.localhost";
 
 /// Every event type name, in the order of `EventKind::ALL` (src/audit/mod.rs). The const check
 /// below fails the build if the product's list changes without this test changing with it.
-const EVENT_NAMES: [&str; 24] = [
+const EVENT_NAMES: [&str; 26] = [
     "config_reloaded",
     "config_rejected",
     "request_denied",
@@ -54,6 +54,8 @@ const EVENT_NAMES: [&str; 24] = [
     "mfa_removed",
     "mfa_reset",
     "config_reload_requested",
+    "saml_assertion_accepted",
+    "saml_assertion_rejected",
 ];
 
 const fn same_str(a: &str, b: &str) -> bool {
@@ -142,6 +144,12 @@ fn coverage(kind: EventKind) -> Covered {
         K::RecoveryCodeUsed => acme("success", Some("erin")),
         K::MfaRemoved => acme("success", Some("erin")),
         K::MfaReset => acme("success", Some("frank")),
+        K::SamlAssertionAccepted => Covered::Elsewhere(
+            "tests/saml.rs: sp_initiated_login_reaches_the_app_with_the_idp_identity_and_mapped_roles",
+        ),
+        K::SamlAssertionRejected => {
+            Covered::Elsewhere("tests/saml.rs: every rejection test (World::assert_refused)")
+        }
     }
 }
 

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod saml;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// `hsts_max_age` written into every test config.
@@ -43,10 +45,20 @@ pub const CERT_HOSTS: &str = "acme.localhost,globex.localhost,other.localhost";
 /// Upper bound for every wait on the gateway (start-up, reload, log lines).
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A port that was free a moment ago (bind `127.0.0.1:0`, read, drop).
+/// A port that was free a moment ago (bind `127.0.0.1:0`, read, drop), and never handed out
+/// before in this test process: the kernel may give a just-released port again, and two worlds
+/// of one test binary starting in parallel must not both plan to listen on it.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    static GIVEN: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(Default::default);
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let mut seen = given.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The subcommands `portcullis --help` lists.
@@ -110,6 +122,11 @@ pub struct Opts {
     pub acme_policy_extra: String,
     /// The log filter of `portcullis serve` (`PORTCULLIS_LOG`, and `RUST_LOG` for good measure).
     pub log_filter: String,
+    /// Appended to globex's policy after its routes.
+    pub globex_policy_extra: String,
+    /// Extra files (path relative to the site root, content) written before the gateway
+    /// starts, e.g. an IdP's metadata next to the policies.
+    pub files: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -123,6 +140,8 @@ impl Default for Opts {
             http_redirect: false,
             acme_policy_extra: String::new(),
             log_filter: "info".into(),
+            globex_policy_extra: String::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -190,12 +209,18 @@ impl Site {
         site.make_certs();
         fs::create_dir_all(site.path("policies")).expect("mkdir policies");
         fs::create_dir_all(site.path("data")).expect("mkdir data");
+        for (rel, content) in &site.opts.files {
+            site.write(rel, content);
+        }
         site.write("portcullis.toml", &site.config_toml());
         site.write(
             "policies/acme.toml",
             &site.acme_policy(&site.opts.acme_policy_extra),
         );
-        site.write("policies/globex.toml", &site.globex_policy(""));
+        site.write(
+            "policies/globex.toml",
+            &site.globex_policy(&site.opts.globex_policy_extra),
+        );
         site
     }
 
