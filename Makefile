@@ -9,17 +9,22 @@ SHELL := /bin/bash
 
 DEPS := scripts/install-deps.sh
 
-.PHONY: help deps build demo test fmt clippy check bench clean
+.PHONY: help deps saml-idp-env build demo test fmt clippy check bench clean
 
 help:
 	@echo 'make demo    install missing packages, then run the demo (portcullis demo)'
-	@echo 'make test    install missing packages, then fmt check, clippy, all tests, policy check'
+	@echo 'make test    install missing packages and the SAML IdP venv, then fmt check, clippy, all tests, policy check'
 	@echo 'make build   cargo build (debug)'
 	@echo 'make bench   install nginx + wrk, release build, gateway vs backend vs nginx (bench/run.sh)'
-	@echo 'make deps | fmt | clippy | check | clean'
+	@echo 'make deps | saml-idp-env | fmt | clippy | check | clean'
 
 deps:
 	CARGO='$(CARGO)' bash $(DEPS)
+
+# The Python venv of the test SAML IdP (tests/saml/idp.py: pinned pysaml2, lxml, freezegun);
+# a no-op once made. Needs python3 with venv, hence deps first.
+saml-idp-env: deps
+	bash scripts/saml-idp-env.sh
 
 build:
 	$(CARGO) build
@@ -29,7 +34,7 @@ demo: deps
 
 # Cheapest first: formatting, then lints, then the (long) build and run of every test, then
 # validation of every shipped policy through the CLI (`check` below).
-test:
+test: saml-idp-env
 	CARGO='$(CARGO)' bash $(DEPS) --lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings

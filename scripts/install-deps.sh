@@ -56,7 +56,9 @@ fi
 
 # --- System packages ----------------------------------------------------------------------------
 # Each entry is "package:probe", probe being "cmd=NAME" (present if NAME is on PATH or in sbin),
-# "pc=MODULE" (present if pkg-config knows MODULE) or "dpkg" (dpkg status only).
+# "pc=MODULE" (present if pkg-config knows MODULE), "py=MODULE" (present if `python3 -m MODULE
+# --help` runs, so a python3 not from Debian counts) or "dpkg" (dpkg status only). python3 with
+# venv, xmlsec1 and openssl run the test SAML IdP (scripts/saml-idp-env.sh, tests/saml/idp.py).
 wanted=(
     cmake:cmd=cmake
     pkg-config:cmd=pkg-config
@@ -70,6 +72,7 @@ wanted=(
     openssl:cmd=openssl
     curl:cmd=curl
     python3:cmd=python3
+    python3-venv:py=venv
 )
 if [ "$bench" = 1 ]; then
     # nginx-light is the smallest nginx with the ssl and upstream keepalive modules; Debian
@@ -94,6 +97,7 @@ for entry in "${wanted[@]}"; do
     case "$probe" in
         cmd=*) have_cmd "${probe#cmd=}" && continue ;;
         pc=*) have_cmd pkg-config && pkg-config --exists "${probe#pc=}" 2>/dev/null && continue ;;
+        py=*) have_cmd python3 && python3 -m "${probe#py=}" --help >/dev/null 2>&1 && continue ;;
     esac
     missing+=("$pkg")
 done
