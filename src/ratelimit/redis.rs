@@ -275,7 +275,10 @@ mod tests {
         fn spawn(&mut self) {
             let deadline = Instant::now() + Duration::from_secs(10);
             while let Err(e) = self.try_spawn() {
-                assert!(Instant::now() < deadline, "redis-server did not restart: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server did not restart: {e}"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -299,7 +302,10 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("redis-server on port {} exited: {status}", self.port));
+                    return Err(format!(
+                        "redis-server on port {} exited: {status}",
+                        self.port
+                    ));
                 }
                 if serving_pid(self.port) == Some(child.id()) {
                     self.child = Some(child);
