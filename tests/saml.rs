@@ -900,6 +900,90 @@ async fn metadata_from_an_url_is_fetched_and_used() {
     );
 }
 
+/// The base64 body of a PEM certificate, as metadata carries it.
+fn pem_body(pem: &str) -> String {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>()
+}
+
+/// `metadata` with the signing KeyDescriptor that holds `old` changed: `both` keeps it and
+/// adds one for `new` (an IdP's rollover window), otherwise `new` replaces it.
+fn rotated_metadata(metadata: &str, old: &str, new: &str, both: bool) -> String {
+    let at = metadata
+        .find(old)
+        .expect("the IdP certificate is in its metadata");
+    let start = metadata[..at]
+        .rfind("KeyDescriptor")
+        .and_then(|i| metadata[..i].rfind('<'))
+        .expect("KeyDescriptor start");
+    let close = metadata[at..]
+        .find("KeyDescriptor>")
+        .expect("KeyDescriptor end")
+        + at;
+    let end = close + "KeyDescriptor>".len();
+    let descriptor = &metadata[start..end];
+    let replacement = if both {
+        format!("{descriptor}{}", descriptor.replace(old, new))
+    } else {
+        descriptor.replace(old, new)
+    };
+    format!("{}{replacement}{}", &metadata[..start], &metadata[end..])
+}
+
+impl World {
+    /// Writes acme's IdP metadata file and waits until a reload has applied it.
+    fn replace_acme_metadata(&self, xml: &str) {
+        let reloads = || self.gw.logs().matches("config reloaded").count();
+        let before = reloads();
+        self.gw.site.write("policies/acme-idp.xml", xml);
+        self.gw.sighup();
+        assert!(
+            poll_until(WAIT, || reloads() > before),
+            "{}",
+            self.gw.logs()
+        );
+    }
+}
+
+/// An IdP rolls its signing key over: a key the metadata does not list is refused; while the
+/// metadata lists both certificates either key signs in; once the old certificate is gone
+/// from the metadata (file edited, config reloaded) its signatures are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idp_signing_key_rollover_takes_effect_on_reload() {
+    let w = world().await;
+    let old = pem_body(&w.idp.cert_pem());
+    let new = pem_body(&w.idp.other_cert_pem());
+    let metadata = w.idp.metadata_xml();
+    let old_key = SsoOpts::user("alice");
+    let new_key = SsoOpts {
+        key: Some("other".into()),
+        ..SsoOpts::user("alice")
+    };
+
+    let (mut b, r) = w.login(&new_key).await;
+    w.assert_refused(&mut b, &r, "bad_signature").await;
+
+    w.replace_acme_metadata(&rotated_metadata(&metadata, &old, &new, true));
+    for (name, opts) in [("old", &old_key), ("new", &new_key)] {
+        let (mut b, r) = w.login(opts).await;
+        assert_eq!(
+            r.status,
+            303,
+            "{name} key during the rollover: {}",
+            r.text()
+        );
+        let echo = b.get("/app/after").await.expect_echo();
+        assert_eq!(echo.header_once("x-portcullis-user"), "alice");
+    }
+
+    w.replace_acme_metadata(&rotated_metadata(&metadata, &old, &new, false));
+    let (_, r) = w.login(&new_key).await;
+    assert_eq!(r.status, 303, "new key after the rollover: {}", r.text());
+    let (mut b, r) = w.login(&old_key).await;
+    w.assert_refused(&mut b, &r, "bad_signature").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_authn_requests_verify_at_the_idp() {
     let w = world_with(ACME_SAML, |o| {

@@ -43,21 +43,21 @@ impl IdpDirectory {
         }
     }
 
-    fn due(&self, tenant: &str, url: &str, refresh: Duration) -> bool {
+    fn due(&self, tenant: &str, url: &str, refresh: Duration, now: Instant) -> bool {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .get(tenant)
-            .is_none_or(|e| e.url != url || e.fetched.elapsed() >= refresh)
+            .is_none_or(|e| e.url != url || now.saturating_duration_since(e.fetched) >= refresh)
     }
 
-    fn put(&self, tenant: &str, url: &str, idp: IdpMetadata) {
+    fn put(&self, tenant: &str, url: &str, idp: IdpMetadata, now: Instant) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.insert(
             tenant.to_string(),
             Entry {
                 url: url.to_string(),
                 idp: Arc::new(idp),
-                fetched: Instant::now(),
+                fetched: now,
             },
         );
     }
@@ -95,6 +95,10 @@ impl IdpDirectory {
 
     /// Fetch every URL-sourced tenant whose copy is missing or older than its refresh period.
     pub async fn refresh_due(&self, tenants: &[Tenant], data_dir: &Path) {
+        self.refresh_due_at(tenants, data_dir, Instant::now()).await;
+    }
+
+    async fn refresh_due_at(&self, tenants: &[Tenant], data_dir: &Path, now: Instant) {
         for t in tenants {
             let Some(MetadataSource::Url {
                 url,
@@ -105,7 +109,7 @@ impl IdpDirectory {
                 continue;
             };
             // A failed fetch is retried on the next pass (a minute), not after `refresh`.
-            if !self.due(&t.id, url, *refresh) {
+            if !self.due(&t.id, url, *refresh, now) {
                 continue;
             }
             match fetch(url, ca_file.as_deref()).await.and_then(|xml| {
@@ -118,7 +122,7 @@ impl IdpDirectory {
                     if let Err(e) = write_cache(&xml_path, &url_path, &xml, url) {
                         tracing::warn!(tenant = %t.id, "cannot keep IdP metadata on disk: {e}");
                     }
-                    self.put(&t.id, url, idp);
+                    self.put(&t.id, url, idp, now);
                 }
                 Err(e) => {
                     tracing::warn!(tenant = %t.id, url = %url, "IdP metadata not updated: {e}");
@@ -204,4 +208,217 @@ pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, String> 
         body.extend_from_slice(&chunk);
     }
     String::from_utf8(body).map_err(|_| "metadata is not UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use base64::Engine as _;
+
+    use super::*;
+    use crate::config::SamlPolicy;
+    use crate::saml::metadata::fixtures::{cert_b64, idp_xml, key_descriptor};
+
+    const REFRESH: Duration = Duration::from_secs(3600);
+
+    /// A loopback HTTP server answering every request with the current (status, body).
+    struct MetadataServer {
+        url: String,
+        answer: Arc<Mutex<(u16, String)>>,
+        hits: Arc<AtomicUsize>,
+    }
+
+    impl MetadataServer {
+        fn start(body: &str) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!(
+                "http://127.0.0.1:{}/metadata",
+                listener.local_addr().expect("addr").port()
+            );
+            let answer = Arc::new(Mutex::new((200, body.to_string())));
+            let hits = Arc::new(AtomicUsize::new(0));
+            let (a, h) = (Arc::clone(&answer), Arc::clone(&hits));
+            std::thread::spawn(move || {
+                for mut stream in listener.incoming().flatten() {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request);
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = a.lock().expect("answer").clone();
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+            Self { url, answer, hits }
+        }
+
+        fn serve(&self, status: u16, body: &str) {
+            *self.answer.lock().expect("answer") = (status, body.to_string());
+        }
+
+        fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+    }
+
+    fn tenant(url: &str) -> Tenant {
+        Tenant {
+            id: "acme".into(),
+            display_name: "Acme".into(),
+            hosts: vec!["acme.localhost".into()],
+            routes: vec![],
+            session: Default::default(),
+            password: Default::default(),
+            mfa: Default::default(),
+            audit_retention: Duration::from_secs(90 * 86_400),
+            login: Default::default(),
+            saml: Some(SamlPolicy {
+                metadata: MetadataSource::Url {
+                    url: url.into(),
+                    ca_file: None,
+                    refresh: REFRESH,
+                },
+                sign_requests: false,
+                allow_idp_initiated: false,
+                clock_skew: Duration::from_secs(60),
+                username_attribute: None,
+                groups_attribute: None,
+                role_map: Default::default(),
+                default_roles: vec![],
+                jit_provisioning: true,
+                logout_redirect: false,
+                nameid_format: None,
+            }),
+            source: "acme.toml".into(),
+        }
+    }
+
+    fn metadata(cert: &str) -> String {
+        idp_xml(&key_descriptor(cert), false)
+    }
+
+    /// The DER of the one signing certificate the directory holds for the tenant.
+    fn signing_cert(dir: &IdpDirectory, t: &Tenant) -> Option<Vec<u8>> {
+        let idp = dir.resolve(t)?;
+        assert_eq!(idp.signing_certs.len(), 1);
+        Some(idp.signing_certs[0].clone())
+    }
+
+    fn der(b64: &str) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64")
+    }
+
+    #[tokio::test]
+    async fn metadata_is_fetched_kept_on_disk_and_refetched_only_when_due() {
+        let (old, new) = (cert_b64(2048), cert_b64(2048));
+        let server = MetadataServer::start(&metadata(&old));
+        let data = tempfile::tempdir().expect("tempdir");
+        let tenants = [tenant(&server.url)];
+        let dir = IdpDirectory::default();
+        let t0 = Instant::now();
+
+        assert_eq!(
+            signing_cert(&dir, &tenants[0]),
+            None,
+            "nothing before the fetch"
+        );
+        dir.refresh_due_at(&tenants, data.path(), t0).await;
+        assert_eq!(signing_cert(&dir, &tenants[0]), Some(der(&old)));
+        let on_disk = std::fs::read_to_string(data.path().join("saml/acme.xml")).expect("copy");
+        assert!(on_disk.contains(&old), "the fetched copy is on disk");
+
+        // The IdP rolls its key; nothing is fetched before the refresh period is over.
+        server.serve(200, &metadata(&new));
+        dir.refresh_due_at(&tenants, data.path(), t0 + REFRESH / 2)
+            .await;
+        assert_eq!(server.hits(), 1, "not fetched again before it is due");
+        assert_eq!(signing_cert(&dir, &tenants[0]), Some(der(&old)));
+
+        dir.refresh_due_at(&tenants, data.path(), t0 + REFRESH)
+            .await;
+        assert_eq!(server.hits(), 2);
+        assert_eq!(signing_cert(&dir, &tenants[0]), Some(der(&new)));
+        let on_disk = std::fs::read_to_string(data.path().join("saml/acme.xml")).expect("copy");
+        assert!(on_disk.contains(&new), "the disk copy follows");
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_refused_fetch_keeps_the_last_good_copy_and_retries() {
+        let good = cert_b64(2048);
+        let server = MetadataServer::start(&metadata(&good));
+        let data = tempfile::tempdir().expect("tempdir");
+        let tenants = [tenant(&server.url)];
+        let dir = IdpDirectory::default();
+        let t0 = Instant::now();
+        dir.refresh_due_at(&tenants, data.path(), t0).await;
+
+        let mut at = t0;
+        for (status, body) in [
+            (200, idp_xml("", false)),        // no signing certificate
+            (200, metadata(&cert_b64(1024))), // weak key
+            (200, format!("<!DOCTYPE x>{}", metadata(&cert_b64(2048)))),
+            (200, "not xml".to_string()),
+            (500, metadata(&cert_b64(2048))),
+            (200, "x".repeat(MAX_METADATA_BYTES + 1)),
+        ] {
+            server.serve(status, &body);
+            at += REFRESH;
+            let hits = server.hits();
+            dir.refresh_due_at(&tenants, data.path(), at).await;
+            assert_eq!(server.hits(), hits + 1, "fetched when due ({status})");
+            assert_eq!(
+                signing_cert(&dir, &tenants[0]),
+                Some(der(&good)),
+                "a bad answer changes nothing ({status}, {} bytes)",
+                body.len()
+            );
+            let on_disk = std::fs::read_to_string(data.path().join("saml/acme.xml")).expect("copy");
+            assert!(on_disk.contains(&good), "the disk copy is kept");
+        }
+        // A failed fetch is retried on the next pass, not a refresh period later.
+        let hits = server.hits();
+        dir.refresh_due_at(&tenants, data.path(), at).await;
+        assert_eq!(server.hits(), hits + 1, "retried at once");
+    }
+
+    #[tokio::test]
+    async fn a_restart_uses_the_disk_copy_for_the_same_url_only() {
+        let cert = cert_b64(2048);
+        let server = MetadataServer::start(&metadata(&cert));
+        let data = tempfile::tempdir().expect("tempdir");
+        let tenants = [tenant(&server.url)];
+        IdpDirectory::default()
+            .refresh_due_at(&tenants, data.path(), Instant::now())
+            .await;
+
+        // The IdP's endpoint is down after the restart: the disk copy signs people in.
+        server.serve(503, "");
+        let restarted = IdpDirectory::default();
+        restarted.load_cached(&tenants, data.path());
+        assert_eq!(signing_cert(&restarted, &tenants[0]), Some(der(&cert)));
+        let hits = server.hits();
+        restarted.refresh_due(&tenants, data.path()).await;
+        assert_eq!(
+            server.hits(),
+            hits + 1,
+            "a cached copy is refreshed at once"
+        );
+        assert_eq!(signing_cert(&restarted, &tenants[0]), Some(der(&cert)));
+
+        // The policy now names another URL: the old IdP's copy is not used for it.
+        let moved = [tenant("http://127.0.0.1:9/elsewhere")];
+        let other = IdpDirectory::default();
+        other.load_cached(&moved, data.path());
+        assert_eq!(signing_cert(&other, &moved[0]), None);
+        assert_eq!(signing_cert(&restarted, &moved[0]), None);
+    }
 }

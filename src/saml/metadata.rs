@@ -201,11 +201,13 @@ pub fn sp_metadata(
     out
 }
 
+/// IdP metadata documents for tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use base64::Engine as _;
 
-    fn cert_b64(bits: u32) -> String {
+    /// A self-signed certificate with an RSA key of `bits`, as metadata carries it (base64 DER).
+    pub(crate) fn cert_b64(bits: u32) -> String {
         let rsa = openssl::rsa::Rsa::generate(bits).unwrap();
         let key = openssl::pkey::PKey::from_rsa(rsa).unwrap();
         let mut name = openssl::x509::X509NameBuilder::new().unwrap();
@@ -225,7 +227,8 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(b.build().to_der().unwrap())
     }
 
-    fn idp_xml(key_descriptor: &str, slo: bool) -> String {
+    /// IdP metadata with `key_descriptor` (none when empty) and optionally an SLO endpoint.
+    pub(crate) fn idp_xml(key_descriptor: &str, slo: bool) -> String {
         let slo = if slo {
             r#"<md:SingleLogoutService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="https://idp.example/slo"/>"#
         } else {
@@ -243,11 +246,18 @@ mod tests {
         )
     }
 
-    fn key_descriptor(b64: &str) -> String {
+    /// A signing KeyDescriptor for the certificate `b64`.
+    pub(crate) fn key_descriptor(b64: &str) -> String {
         format!(
             r#"<md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{b64}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"#
         )
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
 
     #[test]
     fn metadata_with_a_signing_certificate_is_read() {
