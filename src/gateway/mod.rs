@@ -91,8 +91,12 @@ impl Gateway {
         ctx: &mut Ctx,
         prepared: &Prepared,
     ) -> pingora::Result<bool> {
+        // The snapshot `request_filter` took: one configuration for the whole request.
+        let rt = ctx
+            .runtime
+            .clone()
+            .unwrap_or_else(|| self.shared.runtime.load_full());
         if prepared.target.path.starts_with("/.auth/saml/") {
-            let rt = self.shared.runtime.load();
             if let Err(wait) = ctx
                 .client
                 .map_or(Ok(()), |ip| rt.request_limits.check_saml(ip))
@@ -128,12 +132,12 @@ impl Gateway {
             headers: &req.headers,
             body: body.freeze(),
             client_ip: ctx.client,
-            public_port: self.shared.runtime.load().config.server.https_public_port,
+            public_port: rt.config.server.https_public_port,
         };
-        let grace = self.shared.runtime.load().config.keys.jwt_grace.as_secs();
+        let grace = rt.config.keys.jwt_grace.as_secs();
         let auth = Arc::clone(&self.shared.auth);
         let reply = auth.handle(&auth_req, || auth.jwks(grace)).await;
-        let hsts = self.shared.runtime.load().hsts.clone();
+        let hsts = rt.hsts.clone();
         respond::reply(session, reply, &hsts).await?;
         Ok(true)
     }
