@@ -297,15 +297,14 @@ impl ProxyHttp for Gateway {
         let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
             return Error::e_explain(ErrorType::InternalError, "no admitted request");
         };
-        let uri: http::Uri = admitted
-            .prepared
-            .target
-            .path_and_query()
-            .parse()
-            .map_err(|_| {
+        // Most targets arrive already normalized; only a rewritten one is parsed again.
+        let target = &admitted.prepared.target;
+        if !target.is_exactly(upstream_request.raw_path()) {
+            let uri: http::Uri = target.path_and_query().parse().map_err(|_| {
                 Error::explain(ErrorType::InternalError, "normalized target is not a URI")
             })?;
-        upstream_request.set_uri(uri);
+            upstream_request.set_uri(uri);
+        }
         let Some(peer) = peer_ip(session) else {
             return Error::e_explain(ErrorType::InternalError, "no client address");
         };

@@ -24,6 +24,18 @@ impl Target {
             None => self.path.clone(),
         }
     }
+
+    /// Whether `raw` (a request-target as received) is exactly [`Self::path_and_query`], so
+    /// the request can go upstream with its target untouched.
+    pub fn is_exactly(&self, raw: &[u8]) -> bool {
+        let Some(rest) = raw.strip_prefix(self.path.as_bytes()) else {
+            return false;
+        };
+        match &self.query {
+            Some(query) => rest.strip_prefix(b"?") == Some(query.as_bytes()),
+            None => rest.is_empty(),
+        }
+    }
 }
 
 /// Why a request target was refused. Every variant answers 400.
@@ -350,6 +362,29 @@ mod tests {
         assert_eq!(target.path, "/api/v1/users");
         assert_eq!(target.query.as_deref(), Some("id=7&x=y"));
         assert_eq!(target.path_and_query(), "/api/v1/users?id=7&x=y");
+    }
+
+    #[test]
+    fn is_exactly_holds_only_for_the_target_that_goes_upstream() {
+        for raw in ["/", "/a/b", "/a?", "/a?x=1&y=%2f", "/api/v1/users?id=7"] {
+            let target = normalize(raw.as_bytes(), HOST).unwrap();
+            assert!(target.is_exactly(raw.as_bytes()), "{raw}");
+            assert!(target.is_exactly(target.path_and_query().as_bytes()));
+        }
+        // Rewritten by normalization, or not the same bytes: the target must be set again.
+        for (raw, other) in [
+            ("//a///b", "//a///b"),
+            ("/%61dmin", "/%61dmin"),
+            ("/caf%c3%a9", "/caf%c3%a9"),
+            ("/a", "/a?"),
+            ("/a?", "/a"),
+            ("/a?x=1", "/a?x=2"),
+            ("/a", "/ab"),
+            ("/a", "http://acme.localhost/a"),
+        ] {
+            let target = normalize(raw.as_bytes(), HOST).unwrap();
+            assert!(!target.is_exactly(other.as_bytes()), "{raw} vs {other}");
+        }
     }
 
     #[test]

@@ -209,16 +209,28 @@ impl StripPolicy {
         }
         // Backends behind CGI, PHP, WSGI and similar fold '_' into '-'
         // (HTTP_X_PORTCULLIS_USER), so every spelling of our namespace is ours alone.
-        let folded = name.replace('_', "-");
-        if folded.starts_with(IDENTITY_PREFIX) {
+        if folded_starts_with(name, IDENTITY_PREFIX) {
             return true;
         }
-        let forwarding =
-            folded.starts_with(FORWARDED_PREFIX) || FORWARDED_NAMES.contains(&folded.as_str());
+        let forwarding = folded_starts_with(name, FORWARDED_PREFIX)
+            || FORWARDED_NAMES
+                .iter()
+                .any(|known| known.len() == name.len() && folded_starts_with(name, known));
         // A trusted proxy writes the canonical spelling; an underscore variant beside it
         // could shadow the real value in such a backend, so it is never believed.
-        forwarding && (!self.peer_trusted || folded != name)
+        forwarding && (!self.peer_trusted || name.contains('_'))
     }
+}
+
+/// Whether `name` with every `_` read as `-` starts with `prefix` (which has no `_`). Runs on
+/// every inbound header of every request, so it compares in place instead of building the
+/// folded name.
+fn folded_starts_with(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(n, p)| n == p || (n == b'_' && p == b'-'))
 }
 
 /// RFC 9110 §7.6.1: Connection lists further header names that are hop-by-hop. Options are
@@ -636,6 +648,25 @@ mod tests {
         );
         assert_eq!(values(&req, "x-portcullis"), ["1"]);
         assert_eq!(values(&req, "x-not-portcullis-user"), ["2"]);
+    }
+
+    #[test]
+    fn forwarding_lookalikes_that_are_not_forwarding_headers_pass() {
+        // Only the listed names (in any `_`/`-` spelling) are forwarding headers; a longer or
+        // shorter name is an ordinary header, even from an untrusted peer.
+        let req = prepared(
+            UNTRUSTED_PEER,
+            &[
+                ("X-Real-IPs", "1"),
+                ("Forwarded-By", "2"),
+                ("X-Forwarde", "3"),
+                ("x-client_i", "4"),
+            ],
+        );
+        assert_eq!(values(&req, "x-real-ips"), ["1"]);
+        assert_eq!(values(&req, "forwarded-by"), ["2"]);
+        assert_eq!(values(&req, "x-forwarde"), ["3"]);
+        assert_eq!(values(&req, "x-client_i"), ["4"]);
     }
 
     #[test]
