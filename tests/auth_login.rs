@@ -714,3 +714,50 @@ async fn unknown_user_and_wrong_password_take_the_same_time() {
         "unknown users answered in {mu:?}: no dummy hash?"
     );
 }
+
+/// NFKC of `text` by Python's `unicodedata`: an implementation independent of the gateway's.
+fn python_nfkc(text: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, unicodedata; sys.stdout.write(unicodedata.normalize('NFKC', sys.argv[1]))",
+            text,
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[tokio::test]
+async fn a_password_signs_in_however_its_unicode_is_typed() {
+    let gw = Gateway::start_default();
+    // Set through the CLI with a ligature, full-width letters and a decomposed accent.
+    let as_set = "\u{fb01}ne \u{ff23}\u{ff21}\u{ff26}\u{ff25}\u{301} au lait sans sucre";
+    gw.add_user("acme", "zoe", as_set, &[]);
+
+    let plain = "fine CAF\u{c9} au lait sans sucre"; // what another keyboard sends
+    let independent = python_nfkc(as_set);
+    assert_eq!(
+        independent, plain,
+        "Python's NFKC agrees on the expected form"
+    );
+    for typed in [as_set, plain] {
+        let resp = gw.login_json(ACME, "zoe", typed, None).await;
+        assert_eq!(resp.status, 200, "{typed:?}: {}", resp.text());
+    }
+    // Normalization is not a looser match: other letters, case or accents still fail.
+    for wrong in [
+        "fine CAFE au lait sans sucre",
+        "fine caf\u{e9} au lait sans sucre",
+        "fine CAF\u{c8} au lait sans sucre",
+        "\u{fb02}ne CAF\u{c9} au lait sans sucre",
+    ] {
+        let resp = gw.login_json(ACME, "zoe", wrong, None).await;
+        assert_eq!(resp.status, 401, "{wrong:?} signed in: {}", resp.text());
+    }
+}

@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use super::cookie::{self, LOGIN_CSRF, SESSION};
 use super::pages::{self, LoginPage};
-use super::password::Hasher;
+use super::password::{self, Hasher};
 use super::reply::Reply;
 use super::return_to;
 use super::session::{new_token, Identity, Lookup, Sessions};
@@ -852,12 +852,12 @@ impl Auth {
                 "wrong_current_password",
                 "The current password is not correct.".to_string(),
             ))
-        } else if *fields.new_password != *fields.confirm_password {
+        } else if !password::same_password(&fields.new_password, &fields.confirm_password) {
             Some((
                 "confirmation_mismatch",
                 "The new passwords do not match.".to_string(),
             ))
-        } else if *fields.new_password == *fields.current_password {
+        } else if password::same_password(&fields.new_password, &fields.current_password) {
             Some((
                 "password_reused",
                 "Choose a password different from the current one.".to_string(),

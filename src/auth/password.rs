@@ -7,8 +7,10 @@
 //! passwords).
 //!
 //! Passwords travel as [`Zeroizing`] strings, are never logged, and no error carries one.
-//! They are hashed as the exact UTF-8 bytes submitted: no trimming, no truncation, no Unicode
-//! normalization (so a password typed once precomposed and once decomposed does not match).
+//! Before any check or hash a password is put in Unicode Normalization Form KC (SP 800-63B-4
+//! §3.1.1.2 asks for NFKC or NFKD), so the same password typed on two keyboards — precomposed
+//! or decomposed accents, full-width or ligature forms — is the same password. Nothing else
+//! changes it: no trimming, no truncation, no case folding.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -51,8 +53,8 @@ const BLOCKLIST: &str = include_str!("common-passwords.txt");
 /// [`MIN_LENGTH_FLOOR`]. Long passphrases are easy to remember, and there are no composition
 /// rules (§3.1.1.2: verifiers SHALL NOT impose them).
 ///
-/// Length is counted in Unicode code points (`str::chars().count()`), as §3.1.1.2 asks; no
-/// normalization is applied first.
+/// Length is counted in Unicode code points (`str::chars().count()`), as §3.1.1.2 asks, of the
+/// NFKC form (see [`stabilize`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswordPolicy {
     /// Fewest characters accepted.
@@ -116,6 +118,8 @@ impl PasswordRejected {
 impl PasswordPolicy {
     /// Whether `password` may be set for `username`.
     pub fn check(&self, password: &str, username: &str) -> Result<(), PasswordRejected> {
+        let password = stabilize(password);
+        let password = password.as_str();
         if password.trim().is_empty() {
             return Err(PasswordRejected::Empty);
         }
@@ -150,11 +154,27 @@ impl PasswordPolicy {
     }
 }
 
+/// `password` in Unicode Normalization Form KC: what is checked, hashed and compared.
+///
+/// SP 800-63B-4 §3.1.1.2: verifiers SHOULD normalize (NFKC or NFKD) before hashing, so that
+/// one password has one byte form whatever produced it. NFKC maps compatibility forms to their
+/// plain letters (`ﬁ` → `fi`, full-width `Ａ` → `A`) and composes accents (`e` + U+0301 →
+/// `é`); ASCII is unchanged.
+pub fn stabilize(password: &str) -> Zeroizing<String> {
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    Zeroizing::new(nfkc.normalize(password).into_owned())
+}
+
+/// Whether two passwords are the same password (equal once normalized).
+pub fn same_password(a: &str, b: &str) -> bool {
+    *stabilize(a) == *stabilize(b)
+}
+
 /// Whether `password` is on the bundled common-password list (case-insensitively), or is one
 /// repeated character or an ascending or descending run such as `123456789012` or `zyxwvu`
 /// (SP 800-63B §5.1.1.2 names "repetitive or sequential characters" among values to refuse).
 pub fn is_common(password: &str) -> bool {
-    is_common_lowercase(&Zeroizing::new(password.to_lowercase()))
+    is_common_lowercase(&Zeroizing::new(stabilize(password).to_lowercase()))
 }
 
 fn is_common_lowercase(lower: &str) -> bool {
@@ -244,11 +264,12 @@ fn argon2id() -> Result<Argon2<'static>, PasswordError> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
-/// Hash a password with argon2id (m = 19456 KiB, t = 2, p = 1) and a fresh 16-byte salt from
-/// the OS; the result is a PHC string (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`).
-/// Blocks for tens of milliseconds: async code uses [`Hasher::hash`].
+/// Hash a password (its NFKC form, see [`stabilize`]) with argon2id (m = 19456 KiB, t = 2,
+/// p = 1) and a fresh 16-byte salt from the OS; the result is a PHC string
+/// (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`). Blocks for tens of milliseconds: async
+/// code uses [`Hasher::hash`].
 pub fn hash_password(password: &str) -> Result<String, PasswordError> {
-    hash_bytes(password.as_bytes())
+    hash_bytes(stabilize(password).as_bytes())
 }
 
 fn hash_bytes(password: &[u8]) -> Result<String, PasswordError> {
@@ -265,14 +286,20 @@ fn hash_bytes(password: &[u8]) -> Result<String, PasswordError> {
 /// verifier). A malformed string, or a hash weaker than our minimum (not argon2id v19,
 /// m < 19456, t < 2, salt < 16 bytes, output < 32 bytes), never matches. Blocks: async code uses
 /// [`Hasher::verify`].
+///
+/// The NFKC form is tried first. A hash stored before passwords were normalized was made from
+/// the bytes as typed, so when those differ from the NFKC form they are tried second: how many
+/// hashes run depends only on the password submitted, never on the account.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     let Ok(hash) = PasswordHash::new(phc) else {
         return false;
     };
-    meets_minimum(&hash)
-        && Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok()
+    if !meets_minimum(&hash) {
+        return false;
+    }
+    let matches = |bytes: &[u8]| Argon2::default().verify_password(bytes, &hash).is_ok();
+    let stable = stabilize(password);
+    matches(stable.as_bytes()) || (*stable != password && matches(password.as_bytes()))
 }
 
 /// Whether a stored hash should be replaced (after a successful sign-in, while the password is
@@ -739,5 +766,84 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("the permit was not returned");
+    }
+
+    // U+00E9 precomposed, and e + U+0301 COMBINING ACUTE ACCENT.
+    const CAFE_NFC: &str = "caf\u{e9} au lait, sans sucre";
+    const CAFE_NFD: &str = "cafe\u{301} au lait, sans sucre";
+
+    #[test]
+    fn stabilize_is_nfkc() {
+        // Examples from UAX #15 and the Unicode character database.
+        assert_eq!(*stabilize("e\u{301}"), "\u{e9}");
+        assert_eq!(*stabilize("\u{fb01}sh"), "fish"); // LATIN SMALL LIGATURE FI
+        assert_eq!(*stabilize("\u{ff21}\u{ff42}\u{ff43}"), "Abc"); // full-width
+        assert_eq!(*stabilize("x\u{b2}"), "x2"); // SUPERSCRIPT TWO
+        assert_eq!(*stabilize("\u{212b}"), "\u{c5}"); // ANGSTROM SIGN
+                                                      // Nothing else changes: no trimming, no case folding.
+        assert_eq!(*stabilize(" Tr0ub4dor&3 "), " Tr0ub4dor&3 ");
+        assert_eq!(*stabilize(CAFE_NFC), CAFE_NFC);
+    }
+
+    #[test]
+    fn one_password_typed_two_ways_verifies_either_way() {
+        let hash = hash_password(CAFE_NFD).expect("hash");
+        assert!(verify_password(CAFE_NFC, &hash));
+        assert!(verify_password(CAFE_NFD, &hash));
+        assert!(!verify_password("cafe au lait, sans sucre", &hash));
+        let wide = hash_password("\u{ff43}orrect horse battery").expect("hash");
+        assert!(verify_password("correct horse battery", &wide));
+        assert!(
+            !verify_password("Correct horse battery", &wide),
+            "no case folding"
+        );
+    }
+
+    #[test]
+    fn a_hash_made_before_normalization_still_verifies() {
+        // Stored from the raw bytes of a decomposed password, as earlier versions did.
+        let legacy = hash_bytes(CAFE_NFD.as_bytes()).expect("hash");
+        assert!(verify_password(CAFE_NFD, &legacy));
+        assert!(!verify_password("cafe\u{300} au lait, sans sucre", &legacy));
+        assert!(!verify_password("caf au lait, sans sucre", &legacy));
+    }
+
+    #[test]
+    fn policy_counts_and_compares_the_normalized_password() {
+        let policy = PasswordPolicy::default();
+        // 14 accented letters: 28 code points as typed decomposed, 14 once composed.
+        let short = "e\u{301}".repeat(14);
+        assert_eq!(
+            policy.check(&short, "alice"),
+            Err(PasswordRejected::TooShort { min: 15 })
+        );
+        // The username spelled in full-width letters is still the username.
+        assert_eq!(
+            policy.check(
+                "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}alicealicealice",
+                "alicealicealicealice"
+            ),
+            Err(PasswordRejected::SameAsUsername)
+        );
+        assert!(same_password(CAFE_NFC, CAFE_NFD));
+        assert!(!same_password(CAFE_NFC, "cafe au lait, sans sucre"));
+    }
+
+    #[test]
+    fn compatibility_forms_do_not_slip_past_the_blocklist() {
+        // "password" in full-width letters, and "qwerty" with a ligature-free twin.
+        let wide: String = "password"
+            .chars()
+            .map(|c| char::from_u32(c as u32 - 0x61 + 0xff41).expect("full-width"))
+            .collect();
+        assert!(is_common(&wide), "{wide}");
+        assert_eq!(
+            PasswordPolicy {
+                min_length: 8,
+                ..PasswordPolicy::default()
+            }
+            .check(&wide, "alice"),
+            Err(PasswordRejected::Common)
+        );
     }
 }
