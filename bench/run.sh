@@ -12,7 +12,8 @@
 #       verification);
 #   (e) password sign-ins per second (bench/login.lua: the right password, a new session each).
 # Load: wrk -t THREADS -c CONNECTIONS -d DURATION --latency, HTTP/1.1 keep-alive, GET /, after
-# an unrecorded warm-up of WARMUP. Every process runs on this machine and shares its cores with
+# an unrecorded warm-up of WARMUP. Besides rps and latency, each row gives the server's own CPU
+# time per request (from /proc, over the recorded run). Every process runs on this machine and shares its cores with
 # wrk, so numbers compare the proxies with each other, not with production hardware.
 #
 # Host names: TLS targets are requested as https://acme.localhost:PORT/ so that SNI and Host
@@ -171,8 +172,28 @@ seconds_of() {
 # --- measurement ----------------------------------------------------------------------------
 ROWS=()
 NOTES=()
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# proc_ticks PID... — user + system CPU ticks (all threads) of these processes and of their
+# direct children (nginx's workers). Fields are read after the `)` that closes the command
+# name, which may itself hold spaces.
+proc_ticks() {
+    [ "$#" -eq 0 ] && { echo 0; return; }
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v want=" $* " '
+        {
+            pid = $1
+            rest = $0
+            sub(/^.*\) /, "", rest)
+            split(rest, f, " ")
+            # f[1] state, f[2] ppid, f[12] utime, f[13] stime
+            if (index(want, " " pid " ") || index(want, " " f[2] " ")) ticks += f[12] + f[13]
+        }
+        END { printf "%d\n", ticks }'
+}
 
 # bench_target LABEL URL [extra wrk args...] — one warm-up + one recorded wrk run, one table row.
+# CPU_OF (environment, optional): the PIDs of the server under test, whose CPU time per request
+# over the recorded run goes in the row.
 bench_target() {
     local label=$1 url=$2
     shift 2
@@ -186,10 +207,15 @@ bench_target() {
     fi
     echo "bench: $label — wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url" >&2
     limit=$(($(seconds_of "$DURATION") + 30))
+    local ticks_before ticks_after
+    # shellcheck disable=SC2086 # CPU_OF is a list of PIDs
+    ticks_before=$(proc_ticks ${CPU_OF:-})
     run_bounded "$limit" "${wrk_cmd[@]}" -d"$DURATION" --latency "$url" >"$out" 2>&1 || {
         cat "$out" >&2
         die "wrk against $label ($url) failed"
     }
+    # shellcheck disable=SC2086
+    ticks_after=$(proc_ticks ${CPU_OF:-})
     local parsed
     parsed=$(awk '
         function ms(v,  n) {
@@ -213,9 +239,13 @@ bench_target() {
         cat "$out" >&2
         die "could not parse wrk output for $label"
     }
-    local rps p50 p99 total non2xx errs
+    local rps p50 p99 total non2xx errs cpu="-"
     IFS='|' read -r rps p50 p99 total non2xx errs <<<"$parsed"
-    ROWS+=("| $label | $rps | $p50 | $p99 |")
+    if [ -n "${CPU_OF:-}" ] && [ "${total:-0}" -gt 0 ]; then
+        cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$CLK_TCK" -v n="$total" \
+            'BEGIN { printf "%.1f µs", t * 1000000 / hz / n }')
+    fi
+    ROWS+=("| $label | $rps | $p50 | $p99 | $cpu |")
     if [ -n "$non2xx" ]; then NOTES+=("$label: $non2xx of $total responses were not 2xx/3xx"); fi
     if [ -n "$errs" ]; then NOTES+=("$label: socket errors: $errs"); fi
 }
@@ -229,9 +259,14 @@ print_report() {
     echo "Method: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), GET /, HTTP/1.1 keep-alive;"
     echo "        TLS 1.3 with the same certificate; $WORKERS gateway threads / $WORKERS nginx workers; loopback only."
     echo
-    echo "| target | rps | p50 | p99 |"
-    echo "|---|---:|---:|---:|"
+    echo "| target | rps | p50 | p99 | server CPU / request |"
+    echo "|---|---:|---:|---:|---:|"
     printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "server CPU / request: user + system time of the server under test (echo backend, gateway,"
+    echo "or nginx master + workers) over the recorded run, divided by the requests wrk completed."
+    echo "Everything shares the CPUs with wrk, so this, not rps alone, compares how much work each"
+    echo "proxy spends on a request."
     if [ "${#NOTES[@]}" -gt 0 ]; then
         echo
         printf 'note: %s\n' "${NOTES[@]}"
@@ -262,6 +297,7 @@ make_certs() {
 
 start_echo() {
     start_bg echo "$BIN" echo-backend --listen "127.0.0.1:$ECHO_PORT"
+    ECHO_PID=$LAST_PID
     wait_ready echo "$LAST_PID" "http://127.0.0.1:$ECHO_PORT/"
 }
 
@@ -367,6 +403,7 @@ start_gateway() {
     }
     # Log warnings only, like nginx's error_log above.
     start_bg gateway env PORTCULLIS_LOG="${PORTCULLIS_LOG:-warn}" "$BIN" serve --config "$TMP/gateway/portcullis.toml"
+    GW_PID=$LAST_PID
     wait_ready gateway "$LAST_PID" "https://$HOST:$GW_PORT/"
 }
 
@@ -388,6 +425,7 @@ start_nginx() {
         die "nginx rejected the generated config $TMP/nginx.conf"
     }
     start_bg nginx "$NGINX" "${nginx_args[@]}"
+    NGINX_PID=$LAST_PID
     wait_ready nginx "$LAST_PID" "https://$HOST:$NGINX_PORT/"
 }
 
@@ -398,13 +436,14 @@ main() {
     start_gateway
     start_nginx
 
-    bench_target "backend direct (HTTP)" "http://127.0.0.1:$ECHO_PORT/"
-    bench_target "portcullis (TLS 1.3)" "https://$HOST:$GW_PORT/"
-    bench_target "nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/||p') (TLS 1.3)" "https://$HOST:$NGINX_PORT/"
+    CPU_OF=$ECHO_PID bench_target "backend direct (HTTP)" "http://127.0.0.1:$ECHO_PORT/"
+    CPU_OF=$GW_PID bench_target "portcullis (TLS 1.3)" "https://$HOST:$GW_PORT/"
+    CPU_OF=$NGINX_PID bench_target "nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/||p') (TLS 1.3)" "https://$HOST:$NGINX_PORT/"
     sign_in
-    bench_target "portcullis, signed in /app/ (session + JWT injected)" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
+    CPU_OF=$GW_PID bench_target "portcullis, signed in /app/ (session + JWT injected)" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
+    # The gateway's CPU here includes the flood's password hashing.
     bench_under_flood "portcullis, signed in /app/, during a wrong-password flood" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
-    bench_login
+    CPU_OF=$GW_PID bench_login
 
     stop_all
     print_report
