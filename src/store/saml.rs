@@ -34,9 +34,17 @@ impl std::fmt::Debug for SpKey {
     }
 }
 
+/// The most AuthnRequests one tenant keeps outstanding. Anyone can start a sign-in, so without
+/// a bound many addresses (each within its per-IP rate) could grow the table for the whole
+/// request lifetime. Past the bound the requests closest to expiry are forgotten: their sign-in
+/// fails at the ACS and is simply started again, while new sign-ins keep working. 50,000
+/// requests (a few MB) is far above what a tenant starts in one request lifetime.
+pub const MAX_PENDING_REQUESTS: u64 = 50_000;
+
 /// Storage of SAML protocol state.
 pub trait SamlStore: Send + Sync {
-    /// Remember an AuthnRequest ID of `tenant`.
+    /// Remember an AuthnRequest ID of `tenant`, keeping at most [`MAX_PENDING_REQUESTS`] for
+    /// the tenant (the ones closest to expiry make room).
     fn put_saml_request(
         &self,
         tenant: &str,

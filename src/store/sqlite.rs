@@ -122,6 +122,8 @@ const MIGRATIONS: &[&str] = &[
         sealed_key TEXT NOT NULL,
         cert_der   BLOB NOT NULL
     ) WITHOUT ROWID;",
+    // v5: outstanding AuthnRequests are bounded per tenant, oldest first.
+    "CREATE INDEX saml_request_by_expiry ON saml_request (tenant, expires_at);",
 ];
 
 const RECORD_COLUMNS: &str = "seq, hash, time_ms, tenant, event, actor, subject, client_ip, \
@@ -131,6 +133,8 @@ const RECORD_COLUMNS: &str = "seq, hash, time_ms, tenant, event, actor, subject,
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// SAML requests stored so far (paces the per-tenant bound check).
+    saml_puts: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteStore {
@@ -171,6 +175,7 @@ impl SqliteStore {
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            saml_puts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

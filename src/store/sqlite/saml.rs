@@ -1,21 +1,30 @@
 //! [`SamlStore`] on SQLite.
 
+use std::sync::atomic::Ordering;
+
 use rusqlite::{params, OptionalExtension};
 
 use super::accounts::secs;
 use super::{Context, SqliteStore};
-use crate::store::saml::{PendingRequest, SamlStore, SpKey};
+use crate::store::saml::{PendingRequest, SamlStore, SpKey, MAX_PENDING_REQUESTS};
 use crate::store::StoreError;
 
-impl SamlStore for SqliteStore {
-    fn put_saml_request(
+/// How often (in stores) the per-tenant bound on outstanding requests is enforced.
+const BOUND_CHECK_EVERY: u64 = 64;
+
+impl SqliteStore {
+    /// [`SamlStore::put_saml_request`], then, if `cap` is given, trim the tenant's outstanding
+    /// requests to it (tests use a small one).
+    fn put_saml_request_within(
         &self,
         tenant: &str,
         id: &str,
         request: &PendingRequest,
+        cap: Option<u64>,
     ) -> Result<(), StoreError> {
-        let conn = self.lock();
-        let inserted = conn
+        let mut conn = self.lock();
+        let tx = conn.transaction().ctx("begin store saml request")?;
+        let inserted = tx
             .execute(
                 "INSERT OR IGNORE INTO saml_request (tenant, id, return_to, expires_at, browser)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -33,7 +42,38 @@ impl SamlStore for SqliteStore {
                 "saml request id in `{tenant}`"
             )));
         }
+        let Some(cap) = cap else {
+            return tx.commit().ctx("commit saml request");
+        };
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        // Over the bound, the requests closest to expiry (never the one just stored) go.
+        tx.execute(
+            "DELETE FROM saml_request WHERE tenant = ?1 AND id IN (
+                 SELECT id FROM saml_request WHERE tenant = ?1 AND id != ?2
+                 ORDER BY expires_at, id
+                 LIMIT max(0, (SELECT count(*) FROM saml_request WHERE tenant = ?1) - ?3))",
+            params![tenant, id, cap],
+        )
+        .ctx("bound saml requests")?;
+        tx.commit().ctx("commit saml request")?;
         Ok(())
+    }
+}
+
+impl SamlStore for SqliteStore {
+    fn put_saml_request(
+        &self,
+        tenant: &str,
+        id: &str,
+        request: &PendingRequest,
+    ) -> Result<(), StoreError> {
+        // Counting a tenant's requests costs time in proportion to their number, so the bound
+        // is enforced on every 64th store; between checks it may be passed by at most 63.
+        let check = self
+            .saml_puts
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(BOUND_CHECK_EVERY);
+        self.put_saml_request_within(tenant, id, request, check.then_some(MAX_PENDING_REQUESTS))
     }
 
     fn take_saml_request(
@@ -171,6 +211,73 @@ mod tests {
         // The expired one is gone too, not left for later.
         assert_eq!(s.take_saml_request("acme", "_id2", 10).unwrap(), None);
         assert!(s.put_saml_request("acme", "_id1", &pending(100)).is_err());
+    }
+
+    #[test]
+    fn outstanding_requests_are_bounded_per_tenant_oldest_first() {
+        let s = store();
+        s.put_saml_request("globex", "_g", &pending(100)).unwrap();
+        for (i, expires) in [(1, 110), (2, 120), (3, 130)] {
+            s.put_saml_request_within("acme", &format!("_a{i}"), &pending(expires), Some(3))
+                .unwrap();
+        }
+        // A fourth makes room by dropping the one closest to expiry.
+        s.put_saml_request_within("acme", "_a4", &pending(140), Some(3))
+            .unwrap();
+        assert_eq!(s.take_saml_request("acme", "_a1", 50).unwrap(), None);
+        for id in ["_a2", "_a3", "_a4"] {
+            assert!(
+                s.take_saml_request("acme", id, 50).unwrap().is_some(),
+                "{id}"
+            );
+        }
+        // Another tenant's requests are not touched by acme's bound.
+        assert!(s.take_saml_request("globex", "_g", 50).unwrap().is_some());
+        // The request just stored survives even when the bound is reached by same-age ones.
+        for i in 0..3 {
+            s.put_saml_request_within("acme", &format!("_z{i}"), &pending(200), Some(3))
+                .unwrap();
+        }
+        s.put_saml_request_within("acme", "_a0", &pending(200), Some(3))
+            .unwrap();
+        assert!(s.take_saml_request("acme", "_a0", 50).unwrap().is_some());
+        // A refused duplicate changes nothing.
+        s.put_saml_request_within("acme", "_n", &pending(300), Some(3))
+            .unwrap();
+        assert!(s
+            .put_saml_request_within("acme", "_n", &pending(300), Some(3))
+            .is_err());
+        assert!(s.take_saml_request("acme", "_n", 50).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_bound_holds_through_the_trait_within_one_check_interval() {
+        let s = store();
+        let count = |s: &SqliteStore| -> u64 {
+            s.lock()
+                .query_row(
+                    "SELECT count(*) FROM saml_request WHERE tenant = 'acme'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let over = MAX_PENDING_REQUESTS + 2 * BOUND_CHECK_EVERY;
+        for i in 0..over {
+            s.put_saml_request("acme", &format!("_{i}"), &pending(1000 + i))
+                .unwrap();
+        }
+        let kept = count(&s);
+        assert!(
+            (MAX_PENDING_REQUESTS..MAX_PENDING_REQUESTS + BOUND_CHECK_EVERY).contains(&kept),
+            "{kept} outstanding"
+        );
+        // The newest survive; the oldest were dropped.
+        assert!(s
+            .take_saml_request("acme", &format!("_{}", over - 1), 0)
+            .unwrap()
+            .is_some());
+        assert_eq!(s.take_saml_request("acme", "_0", 0).unwrap(), None);
     }
 
     #[test]
