@@ -29,7 +29,7 @@ const GLOBEX: &str = "globex.localhost";
 
 /// Every event type name, in the order of `EventKind::ALL` (src/audit/mod.rs). The const check
 /// below fails the build if the product's list changes without this test changing with it.
-const EVENT_NAMES: [&str; 26] = [
+const EVENT_NAMES: [&str; 27] = [
     "config_reloaded",
     "config_rejected",
     "request_denied",
@@ -56,6 +56,7 @@ const EVENT_NAMES: [&str; 26] = [
     "config_reload_requested",
     "saml_assertion_accepted",
     "saml_assertion_rejected",
+    "user_idp_changed",
 ];
 
 const fn same_str(a: &str, b: &str) -> bool {
@@ -150,6 +151,9 @@ fn coverage(kind: EventKind) -> Covered {
         K::SamlAssertionRejected => {
             Covered::Elsewhere("tests/saml.rs: every rejection test (World::assert_refused)")
         }
+        K::UserIdpChanged => Covered::Elsewhere(
+            "tests/saml.rs: accounts_move_to_a_new_idp_only_when_the_operator_rebinds_them",
+        ),
     }
 }
 

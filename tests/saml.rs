@@ -769,6 +769,117 @@ async fn an_idp_identity_never_takes_over_a_local_account() {
     assert!(!session.is_empty());
 }
 
+/// A tenant moves to a new IdP (a new entity ID): its accounts stay bound to the old one, so
+/// the new IdP cannot sign them in until the operator moves them with `user rebind-idp`, which
+/// moves only accounts of the named old IdP, never a local account, and is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_move_to_a_new_idp_only_when_the_operator_rebinds_them() {
+    let w = world().await;
+    for user in ["alice", "carol"] {
+        let (_, r) = w.login(&SsoOpts::user(user)).await;
+        assert_eq!(r.status, 303, "{user} via the first IdP: {}", r.text());
+    }
+    w.gw.add_user("acme", "bob", "correct horse battery staple 42", &[]);
+    let old_entity = w.idp.entity_id();
+
+    // Switch acme to a second IdP process (another entity ID) and let it know the SP.
+    let World { idp: old_idp, gw } = w;
+    let w = World {
+        idp: Idp::start(),
+        gw,
+    };
+    assert_ne!(w.idp.entity_id(), old_entity);
+    w.replace_acme_metadata(&w.idp.metadata_xml());
+    let sp = w.sp_metadata("acme.localhost").await.expect("sp metadata");
+    w.idp.register_sp(&sp);
+    drop(old_idp);
+
+    let (mut b, r) = w.login(&SsoOpts::user("alice")).await;
+    w.assert_refused(&mut b, &r, "other_idp_account").await;
+
+    // Refused, changing nothing: a local account, an unknown IdP, the current IdP.
+    for (args, why) in [
+        (vec!["--from", old_entity.as_str(), "bob"], "local account"),
+        (vec!["--from", "https://unknown.example/idp"], "unknown IdP"),
+        (
+            vec!["--from", "https://unknown.example/idp", "alice"],
+            "not of that IdP",
+        ),
+        (vec!["--from", &w.idp.entity_id()], "already current"),
+        (
+            vec!["--from", old_entity.as_str(), "nobody"],
+            "no such user",
+        ),
+    ] {
+        let mut full = vec!["rebind-idp", "--tenant", "acme"];
+        full.extend(args);
+        let out = w.gw.user_cli(&full, "");
+        assert_ne!(out.code, Some(0), "{why}: {out}");
+        assert!(
+            !out.stderr.trim().is_empty(),
+            "{why}: a reason is given: {out}"
+        );
+    }
+    let (mut b, r) = w.login(&SsoOpts::user("alice")).await;
+    w.assert_refused(&mut b, &r, "other_idp_account").await;
+
+    // One account first, then the rest.
+    let out = w.gw.user_cli(
+        &[
+            "rebind-idp",
+            "--tenant",
+            "acme",
+            "--from",
+            &old_entity,
+            "alice",
+        ],
+        "",
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let (mut b, r) = w.login(&SsoOpts::user("alice")).await;
+    assert_eq!(r.status, 303, "alice via the new IdP: {}", r.text());
+    assert_eq!(
+        b.get("/app/after")
+            .await
+            .expect_echo()
+            .header_once("x-portcullis-user"),
+        "alice"
+    );
+    let (mut b, r) = w.login(&SsoOpts::user("carol")).await;
+    w.assert_refused(&mut b, &r, "other_idp_account").await;
+    let out = w.gw.user_cli(
+        &["rebind-idp", "--tenant", "acme", "--from", &old_entity],
+        "",
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("carol"), "{out}");
+    let (_, r) = w.login(&SsoOpts::user("carol")).await;
+    assert_eq!(r.status, 303, "carol via the new IdP: {}", r.text());
+
+    // bob is still a local account: the new IdP cannot take it over, his password works.
+    let (mut b, r) = w.login(&SsoOpts::user("bob")).await;
+    w.assert_refused(&mut b, &r, "local_account_conflict").await;
+    assert!(!w
+        .gw
+        .login("acme.localhost", "bob", "correct horse battery staple 42")
+        .await
+        .is_empty());
+
+    let moved = records(
+        &w.gw.site.config_path(),
+        "acme",
+        &["--event", "user_idp_changed"],
+    );
+    let subjects: Vec<&str> = moved.iter().filter_map(|r| r.field("subject")).collect();
+    assert_eq!(moved.len(), 2, "{subjects:?}");
+    assert!(subjects.contains(&"alice") && subjects.contains(&"carol"));
+    for r in &moved {
+        let reason = r.field("reason").unwrap_or_default();
+        assert!(reason.contains(&old_entity), "{reason}");
+        assert!(reason.contains(&w.idp.entity_id()), "{reason}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sso_user_has_no_password_here() {
     let w = world().await;

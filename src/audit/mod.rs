@@ -95,11 +95,13 @@ pub enum EventKind {
     SamlAssertionAccepted,
     /// A SAML response was refused (the reason code says why; the response is never stored).
     SamlAssertionRejected,
+    /// An operator moved an SSO account to the tenant's new IdP (the reason names both).
+    UserIdpChanged,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 27] = [
         EventKind::ConfigReloaded,
         EventKind::ConfigRejected,
         EventKind::RequestDenied,
@@ -126,6 +128,7 @@ impl EventKind {
         EventKind::ConfigReloadRequested,
         EventKind::SamlAssertionAccepted,
         EventKind::SamlAssertionRejected,
+        EventKind::UserIdpChanged,
     ];
 
     /// The stable snake_case name (same as the serde name).
@@ -157,6 +160,7 @@ impl EventKind {
             EventKind::ConfigReloadRequested => "config_reload_requested",
             EventKind::SamlAssertionAccepted => "saml_assertion_accepted",
             EventKind::SamlAssertionRejected => "saml_assertion_rejected",
+            EventKind::UserIdpChanged => "user_idp_changed",
         }
     }
 }
@@ -486,6 +490,7 @@ mod tests {
                 "config_reload_requested",
                 "saml_assertion_accepted",
                 "saml_assertion_rejected",
+                "user_idp_changed",
             ]
         );
         for kind in EventKind::ALL {

@@ -66,6 +66,15 @@ pub enum UserCommand {
         /// The username.
         username: String,
     },
+    /// Move SSO accounts from the tenant's previous IdP to its current one (after the
+    /// tenant's IdP, and so its entity ID, changed). Local accounts are never moved.
+    RebindIdp {
+        /// The previous IdP's entity ID: only accounts it provisioned move.
+        #[arg(long)]
+        from: String,
+        /// Move only this account (default: every account of the previous IdP).
+        username: Option<String>,
+    },
     /// Clear the brute-force lock and failure streak of an account.
     Unlock {
         /// The username (also works for names that have no account: they are limited too).
@@ -268,6 +277,40 @@ pub fn user(config: &Path, tenant: &str, command: UserCommand) -> anyhow::Result
                 .delete_user_sessions(&ctx.tenant.id, &username, None)?;
             ctx.audit(EventKind::MfaReset, &username, Some("operator"));
             println!("two-step verification removed for {username}; {ended} session(s) ended");
+        }
+        UserCommand::RebindIdp { from, username } => {
+            let to = idp_entity_id(&ctx.config, &ctx.tenant)?;
+            if from == to {
+                bail!("`{from}` is already the IdP of tenant `{}`", ctx.tenant.id);
+            }
+            if let Some(name) = &username {
+                let user = ctx.existing(name)?;
+                if user.idp.as_deref() != Some(from.as_str()) {
+                    bail!(
+                        "`{name}` is not an account of IdP `{from}` (it is {})",
+                        user.idp
+                            .map_or_else(|| "a local account".into(), |i| format!("of `{i}`"))
+                    );
+                }
+            }
+            let moved = ctx
+                .store
+                .rebind_idp(&ctx.tenant.id, &from, &to, username.as_deref())?;
+            if moved.is_empty() {
+                bail!(
+                    "no account of tenant `{}` belongs to IdP `{from}`",
+                    ctx.tenant.id
+                );
+            }
+            let reason = format!("from {from} to {to}");
+            for name in &moved {
+                ctx.audit(EventKind::UserIdpChanged, name, Some(&reason));
+            }
+            println!(
+                "{} account(s) moved from {from} to {to}: {}",
+                moved.len(),
+                moved.join(", ")
+            );
         }
         UserCommand::Unlock { username } => {
             let was_locked = unlock(&ctx.config, &ctx.tenant.id, &username)?;

@@ -147,6 +147,15 @@ pub trait AccountStore: Send + Sync {
     /// Replace a user's roles; false if there is no such user.
     fn set_roles(&self, tenant: &str, username: &str, roles: &[String])
         -> Result<bool, StoreError>;
+    /// Move the SSO users of `tenant` bound to IdP entity `from` (only `username`, if given) to
+    /// the IdP entity `to`; returns the usernames moved. Local accounts are never touched.
+    fn rebind_idp(
+        &self,
+        tenant: &str,
+        from: &str,
+        to: &str,
+        username: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
     /// Disable or enable a user; false if there is no such user.
     fn set_disabled(
         &self,

@@ -185,6 +185,29 @@ impl AccountStore for SqliteStore {
         Ok(n == 1)
     }
 
+    fn rebind_idp(
+        &self,
+        tenant: &str,
+        from: &str,
+        to: &str,
+        username: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "UPDATE user SET idp = ?3
+                 WHERE tenant = ?1 AND idp = ?2 AND (?4 IS NULL OR username = ?4)
+                 RETURNING username",
+            )
+            .ctx("prepare rebind idp")?;
+        let moved = stmt
+            .query_map(params![tenant, from, to, username], |r| r.get(0))
+            .ctx("rebind idp")?
+            .collect::<Result<Vec<String>, _>>()
+            .ctx("rebind idp")?;
+        Ok(moved)
+    }
+
     fn set_disabled(
         &self,
         tenant: &str,
