@@ -23,8 +23,9 @@ pub struct IdpMetadata {
     pub slo_url: Option<String>,
     /// Signing certificates (DER); at least one.
     pub signing_certs: Vec<Vec<u8>>,
-    /// The document itself, for samael.
-    pub xml: String,
+    /// samael's parsed view of the document, kept so each response is checked without parsing
+    /// the metadata again.
+    descriptor: EntityDescriptor,
 }
 
 impl std::fmt::Debug for IdpMetadata {
@@ -88,7 +89,7 @@ impl IdpMetadata {
             check_idp_url(slo, "SingleLogoutService")?;
         }
         let sp = ServiceProvider {
-            idp_metadata: descriptor,
+            idp_metadata: descriptor.clone(),
             ..ServiceProvider::default()
         };
         let certs = sp
@@ -113,13 +114,13 @@ impl IdpMetadata {
             sso_url,
             slo_url,
             signing_certs,
-            xml: xml.to_string(),
+            descriptor,
         })
     }
 
-    /// samael's view of the document.
-    pub fn descriptor(&self) -> Result<EntityDescriptor, String> {
-        EntityDescriptor::from_str(&self.xml).map_err(|e| e.to_string())
+    /// samael's view of the document (a copy: samael takes it by value).
+    pub fn descriptor(&self) -> EntityDescriptor {
+        self.descriptor.clone()
     }
 }
 
