@@ -326,6 +326,76 @@ fn allowed_key_exchange_groups_succeed_and_others_are_refused() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A rustls client on the aws-lc-rs provider (an implementation other than the gateway's
+/// server side) offering only `groups` and `versions`: the handshake's outcome and the group
+/// it agreed on.
+fn rustls_handshake(
+    gw: &Gateway,
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Option<rustls::NamedGroup>, String> {
+    use std::io::{Read, Write};
+    let pem = std::fs::read(gw.site.ca_path()).expect("read ca.crt");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert.expect("CA PEM")).expect("add CA root");
+    }
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups: groups.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(versions)
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("acme.localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("conn");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", gw.https_port())).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: acme.localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    let _ = tls.read_to_end(&mut reply);
+    if !reply.starts_with(b"HTTP/1.1 200") {
+        return Err(format!(
+            "no 200 over the handshake: {:?}",
+            String::from_utf8_lossy(&reply[..reply.len().min(80)])
+        ));
+    }
+    Ok(tls.conn.negotiated_key_exchange_group().map(|g| g.name()))
+}
+
+#[test]
+fn post_quantum_hybrid_group_is_preferred_and_classic_groups_still_work() {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    use rustls::NamedGroup;
+    let gw = Gateway::start_default();
+    let tls13 = &[&rustls::version::TLS13];
+    // A browser-like client offering the hybrid first gets it.
+    assert_eq!(
+        rustls_handshake(&gw, &[kx_group::X25519MLKEM768, kx_group::X25519], tls13),
+        Ok(Some(NamedGroup::X25519MLKEM768))
+    );
+    // So does one that offers nothing else; one without it gets X25519.
+    assert_eq!(
+        rustls_handshake(&gw, &[kx_group::X25519MLKEM768], tls13),
+        Ok(Some(NamedGroup::X25519MLKEM768))
+    );
+    assert_eq!(
+        rustls_handshake(&gw, &[kx_group::X25519, kx_group::SECP256R1], tls13),
+        Ok(Some(NamedGroup::X25519))
+    );
+    // The pure post-quantum group is not on the allowlist, and the hybrid is never used for
+    // TLS 1.2 (a 1.2 client with only the hybrid has no group in common).
+    assert!(rustls_handshake(&gw, &[kx_group::MLKEM768], tls13).is_err());
+    assert!(
+        rustls_handshake(&gw, &[kx_group::X25519MLKEM768], &[&rustls::version::TLS12]).is_err()
+    );
+}
+
 #[test]
 fn sni_selects_the_tenant_certificate() {
     let gw = Gateway::start_default();

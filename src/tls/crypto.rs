@@ -6,12 +6,14 @@
 //! refusing to start if it is anything else (fail closed).
 //!
 //! Sources: RFC 8446 §9.1 (TLS 1.3 suites), RFC 9325 §4.2 (TLS 1.2: ECDHE with AEAD only —
-//! no CBC, no static RSA, no finite-field DHE). X25519MLKEM768 is not offered: the `ring`
-//! provider that pingora's rustls build uses does not implement ML-KEM.
+//! no CBC, no static RSA, no finite-field DHE), draft-ietf-tls-ecdhe-mlkem (the hybrid
+//! X25519MLKEM768 group, TLS 1.3 only, offered first so clients that support it — current
+//! browsers — get a key exchange that also resists a future quantum computer). The primitives
+//! come from rustls' `aws-lc-rs` provider: `ring` has no ML-KEM.
 
 use std::sync::Arc;
 
-use rustls::crypto::ring::{cipher_suite as suite, default_provider, kx_group};
+use rustls::crypto::aws_lc_rs::{cipher_suite as suite, default_provider, kx_group};
 use rustls::crypto::{CryptoProvider, SupportedKxGroup};
 use rustls::{CipherSuite, NamedGroup, SupportedCipherSuite};
 
@@ -32,9 +34,13 @@ const TLS12_SUITES: [SupportedCipherSuite; 6] = [
     suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 ];
 
-/// Key-exchange groups, preferred first.
-const KX_GROUPS: [&dyn SupportedKxGroup; 3] =
-    [kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+/// Key-exchange groups, preferred first. rustls never uses the hybrid group for TLS 1.2.
+const KX_GROUPS: [&dyn SupportedKxGroup; 4] = [
+    kx_group::X25519MLKEM768,
+    kx_group::X25519,
+    kx_group::SECP256R1,
+    kx_group::SECP384R1,
+];
 
 /// Why the allowlisted provider could not be put in force.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,7 +55,7 @@ pub enum CryptoError {
     },
 }
 
-/// The allowlisted provider: `ring`'s primitives, restricted to the suites and groups above.
+/// The allowlisted provider: `aws-lc-rs` primitives, restricted to the suites and groups above.
 pub fn provider() -> CryptoProvider {
     CryptoProvider {
         cipher_suites: TLS13_SUITES.iter().chain(&TLS12_SUITES).copied().collect(),
@@ -121,8 +127,8 @@ mod tests {
     }
 
     #[test]
-    fn stock_ring_provider_is_not_accepted_as_allowlisted() {
-        // ring's default also offers nothing weaker today, but a provider with other groups
+    fn a_provider_with_other_groups_or_order_is_not_accepted_as_allowlisted() {
+        // The stock providers offer nothing weaker today, but a provider with other groups
         // or order must still be refused: the check compares exactly.
         let mut p = provider();
         p.kx_groups.reverse();
