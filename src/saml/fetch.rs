@@ -170,8 +170,11 @@ pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, String> 
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    // The process-wide provider is our allowlist: the fetch negotiates nothing weaker.
-    let tls = rustls::ClientConfig::builder()
+    // Our allowlist, named here rather than taken from the process default (which a CLI
+    // command or a test may not have installed): the fetch negotiates nothing weaker.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::crypto::provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client setup: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let client = reqwest::Client::builder()
