@@ -4,6 +4,7 @@
 //! that returns a typed outcome; the modules know nothing of pingora.
 
 pub mod admit;
+pub mod direct;
 pub mod idp_refresh;
 pub mod redirect;
 pub mod reload;
@@ -141,6 +142,104 @@ impl Gateway {
         respond::reply(session, reply, &hsts).await?;
         Ok(true)
     }
+
+    /// The request as it goes upstream: the normalized target, clean headers, identity. Used
+    /// by both upstream paths.
+    fn prepare_upstream(
+        &self,
+        session: &Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &Ctx,
+    ) -> pingora::Result<()> {
+        let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
+            return Error::e_explain(ErrorType::InternalError, "no admitted request");
+        };
+        // Most targets arrive already normalized; only a rewritten one is parsed again.
+        let target = &admitted.prepared.target;
+        if !target.is_exactly(upstream_request.raw_path()) {
+            let uri: http::Uri = target.path_and_query().parse().map_err(|_| {
+                Error::explain(ErrorType::InternalError, "normalized target is not a URI")
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        let Some(peer) = peer_ip(session) else {
+            return Error::e_explain(ErrorType::InternalError, "no client address");
+        };
+        let p = &admitted.prepared;
+        headers::prepare(
+            upstream_request,
+            &Forwarding {
+                peer,
+                host: &p.host,
+                tenant: &p.tenant.id,
+                trusted: &rt.trusted,
+                is_upgrade: session.is_upgrade_req(),
+            },
+        )
+        .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+        // HTTP/2 clients send `:authority`, not Host; an HTTP/1 upstream needs Host.
+        upstream_request.insert_header(http::header::HOST, p.host.as_str())?;
+        // The session token is a bearer credential for the gateway only.
+        match cookie::without_gateway_cookies(&upstream_request.headers) {
+            Some(kept) => upstream_request.insert_header(http::header::COOKIE, kept)?,
+            None => {
+                upstream_request.remove_header(&http::header::COOKIE);
+            }
+        }
+        if let Some(identity) = &ctx.identity {
+            // Set after `headers::prepare`, which strips every inbound `X-Portcullis-*`.
+            let token = self
+                .shared
+                .auth
+                .upstream_token(
+                    identity,
+                    &p.tenant,
+                    &admitted.route().id,
+                    &p.host,
+                    rt.config.keys.jwt_ttl.as_secs(),
+                )
+                .map_err(|e| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        format!("cannot sign identity: {e}"),
+                    )
+                })?;
+            upstream_request
+                .insert_header("X-Portcullis-User", identity.session.username.as_str())?;
+            upstream_request.insert_header("X-Portcullis-Roles", identity.roles.join(","))?;
+            upstream_request.insert_header("X-Portcullis-Jwt", token)?;
+        }
+        Ok(())
+    }
+
+    /// Send an admitted body-less GET/HEAD to its plain-HTTP upstream without pingora_proxy
+    /// (see [`direct`]); failures come back as upstream errors for `fail_to_proxy`.
+    async fn forward_direct(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+        let mut request = session.req_header().clone();
+        request.set_version(http::Version::HTTP_11);
+        self.prepare_upstream(session, &mut request, ctx)?;
+        let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
+            return Error::e_explain(ErrorType::InternalError, "no admitted request");
+        };
+        let proxy = &rt.config.proxy;
+        let timeouts = direct::Timeouts {
+            connect: proxy.connect_timeout,
+            read: proxy.read_timeout,
+            write: proxy.write_timeout,
+            idle: proxy.idle_timeout,
+        };
+        let sent = Instant::now();
+        let metrics = &self.shared.metrics;
+        let (tenant, route) = (&admitted.prepared.tenant.id, &admitted.route().id);
+        let hsts = &rt.hsts;
+        let addr = admitted.route().upstream.addr;
+        direct::forward(session, addr, &request, &timeouts, |header| {
+            metrics.upstream_latency(tenant, route, sent.elapsed().as_secs_f64());
+            headers::strip_response_hop_by_hop(header);
+            header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())
+        })
+        .await
+    }
 }
 
 /// Per-request state carried between phases.
@@ -232,8 +331,13 @@ impl ProxyHttp for Gateway {
                     self.shared.metrics.limiter_decision("route_rate");
                     return self.too_many(session, ctx, wait).await;
                 }
+                let upstream_tls = admitted.route().upstream.tls;
                 ctx.admitted = Some(admitted);
                 ctx.identity = identity;
+                if direct::eligible(session, upstream_tls) {
+                    self.forward_direct(session, ctx).await?;
+                    return Ok(true);
+                }
                 Ok(false)
             }
             Err(RequestError::Unauthenticated) => {
@@ -294,64 +398,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
-            return Error::e_explain(ErrorType::InternalError, "no admitted request");
-        };
-        // Most targets arrive already normalized; only a rewritten one is parsed again.
-        let target = &admitted.prepared.target;
-        if !target.is_exactly(upstream_request.raw_path()) {
-            let uri: http::Uri = target.path_and_query().parse().map_err(|_| {
-                Error::explain(ErrorType::InternalError, "normalized target is not a URI")
-            })?;
-            upstream_request.set_uri(uri);
-        }
-        let Some(peer) = peer_ip(session) else {
-            return Error::e_explain(ErrorType::InternalError, "no client address");
-        };
-        let p = &admitted.prepared;
-        headers::prepare(
-            upstream_request,
-            &Forwarding {
-                peer,
-                host: &p.host,
-                tenant: &p.tenant.id,
-                trusted: &rt.trusted,
-                is_upgrade: session.is_upgrade_req(),
-            },
-        )
-        .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
-        // HTTP/2 clients send `:authority`, not Host; an HTTP/1 upstream needs Host.
-        upstream_request.insert_header(http::header::HOST, p.host.as_str())?;
-        // The session token is a bearer credential for the gateway only.
-        match cookie::without_gateway_cookies(&upstream_request.headers) {
-            Some(kept) => upstream_request.insert_header(http::header::COOKIE, kept)?,
-            None => {
-                upstream_request.remove_header(&http::header::COOKIE);
-            }
-        }
-        if let Some(identity) = &ctx.identity {
-            // Set after `headers::prepare`, which strips every inbound `X-Portcullis-*`.
-            let token = self
-                .shared
-                .auth
-                .upstream_token(
-                    identity,
-                    &p.tenant,
-                    &admitted.route().id,
-                    &p.host,
-                    rt.config.keys.jwt_ttl.as_secs(),
-                )
-                .map_err(|e| {
-                    Error::explain(
-                        ErrorType::InternalError,
-                        format!("cannot sign identity: {e}"),
-                    )
-                })?;
-            upstream_request
-                .insert_header("X-Portcullis-User", identity.session.username.as_str())?;
-            upstream_request.insert_header("X-Portcullis-Roles", identity.roles.join(","))?;
-            upstream_request.insert_header("X-Portcullis-Jwt", token)?;
-        }
+        self.prepare_upstream(session, upstream_request, ctx)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -373,13 +420,15 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Runs before the response header goes to the client: HSTS on every response.
+    /// Runs before the response header goes to the client: hop-by-hop fields end here, HSTS
+    /// on every response.
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        headers::strip_response_hop_by_hop(upstream_response);
         if let Some(rt) = &ctx.runtime {
             upstream_response
                 .insert_header(http::header::STRICT_TRANSPORT_SECURITY, rt.hsts.clone())?;
@@ -410,6 +459,9 @@ impl ProxyHttp for Gateway {
             || self.shared.runtime.load().hsts.clone(),
             |rt| rt.hsts.clone(),
         );
+        // The connection is closed after this answer: say so, or a client would send its next
+        // request on a connection about to close.
+        session.set_keepalive(None);
         // If the response has already started, the client sees a cut-off response instead.
         if session.response_written().is_none() {
             if let Err(write_err) = respond::error(session, &err, &hsts).await {

@@ -109,9 +109,10 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const IDENTITY_PREFIX: &str = "x-portcullis-";
 
 /// RFC 9110 §7.6.1: hop-by-hop fields, plus their well-known non-standard relatives
-/// (`Keep-Alive`, `Proxy-Connection`) and the proxy credentials meant for this hop only.
+/// (`Keep-Alive`, `Proxy-Connection`), the proxy credentials meant for this hop only, and
+/// `HTTP2-Settings` (RFC 7540 §3.2.1: connection-specific, part of an h2c upgrade).
 /// `Upgrade` is listed separately because an upgrade request keeps it.
-const HOP_BY_HOP: [&str; 7] = [
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -119,6 +120,7 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
     "proxy-authorization",
     "proxy-authenticate",
+    "http2-settings",
 ];
 
 /// Headers a `Connection` option can never remove: they describe the message itself and
@@ -185,6 +187,31 @@ pub fn prepare(req: &mut RequestHeader, fwd: &Forwarding<'_>) -> Result<(), Prep
     set(req, "X-Forwarded-Host", fwd.host)?;
     set(req, "X-Portcullis-Tenant", fwd.tenant)?;
     Ok(())
+}
+
+/// Remove the hop-by-hop fields of an upstream response before it goes to the client
+/// (RFC 9110 §7.6.1): those of [`HOP_BY_HOP`], `Upgrade`, and every field the response's
+/// `Connection` names, except the framing fields pingora re-frames the body with. A `101
+/// Switching Protocols` keeps `Upgrade` and `Connection`, which complete the upgrade.
+pub fn strip_response_hop_by_hop(resp: &mut pingora::http::ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let named = connection_options(&resp.headers);
+    let doomed: Vec<HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name == "upgrade"
+                || HOP_BY_HOP.contains(&name)
+                || (named.iter().any(|option| option == name) && !FRAMING.contains(&name))
+        })
+        .cloned()
+        .collect();
+    for name in &doomed {
+        resp.remove_header(name);
+    }
 }
 
 /// Decides, header by header, what must not reach the upstream.
@@ -648,6 +675,32 @@ mod tests {
         );
         assert_eq!(values(&req, "x-portcullis"), ["1"]);
         assert_eq!(values(&req, "x-not-portcullis-user"), ["2"]);
+    }
+
+    #[test]
+    fn response_hop_by_hop_fields_end_here_except_framing_and_upgrades() {
+        let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
+        for (name, value) in [
+            ("Connection", "close, X-Hop, Content-Length"),
+            ("X-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Authenticate", "Basic"),
+            ("Content-Length", "2"),
+            ("X-Kept", "yes"),
+        ] {
+            resp.append_header(name.to_string(), value).unwrap();
+        }
+        strip_response_hop_by_hop(&mut resp);
+        let mut names: Vec<&str> = resp.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-kept"]);
+
+        let mut switching = pingora::http::ResponseHeader::build(101, None).unwrap();
+        switching.append_header("Connection", "Upgrade").unwrap();
+        switching.append_header("Upgrade", "websocket").unwrap();
+        strip_response_hop_by_hop(&mut switching);
+        assert_eq!(switching.headers.len(), 2, "a 101 completes the upgrade");
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! The upstream half for the common case, without pingora_proxy's machinery.
+//!
+//! pingora_proxy runs every upstream exchange as two joined futures talking over channels and
+//! hands kept-alive connections to a shared pool through a spawned watcher task; measured, that
+//! is about 7 µs of CPU per request, a third of the whole request. Body-less GET and HEAD
+//! requests to plain-HTTP upstreams — nearly all page, asset and API reads — instead go through
+//! pingora's own HTTP/1 client session here (the same request writer, response parser and body
+//! framing: Content-Length, chunked, close-delimited, HEAD, 204/304) over a keep-alive pool
+//! local to the worker thread. Everything else (request bodies, upgrades, TLS upstreams) still
+//! goes through pingora_proxy. Errors come back as pingora errors marked as the upstream's, so
+//! `fail_to_proxy` answers 502/504 exactly as for the other path.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, OrErr};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per upstream address and worker thread.
+const POOL_PER_UPSTREAM: usize = 64;
+
+/// Timeouts of one exchange (from the `[proxy]` config).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Each read of the response.
+    pub read: Duration,
+    /// Writing the request.
+    pub write: Duration,
+    /// How long an idle pooled connection may be reused.
+    pub idle: Duration,
+}
+
+/// Whether this request takes the direct path: GET or HEAD without a body and without an
+/// upgrade, to a plain-HTTP upstream.
+pub fn eligible(session: &mut Session, upstream_tls: bool) -> bool {
+    !upstream_tls
+        && matches!(session.req_header().method, Method::GET | Method::HEAD)
+        && !session.is_upgrade_req()
+        && session.is_body_empty()
+}
+
+thread_local! {
+    /// Idle upstream connections of this worker thread, newest last, with when they went idle.
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<(Stream, Instant)>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// A pooled connection to `addr` that is still open and quiet, if any.
+fn pooled(addr: SocketAddr, idle: Duration) -> Option<Stream> {
+    loop {
+        let (mut stream, since) = IDLE.with(|p| p.borrow_mut().get_mut(&addr)?.pop())?;
+        if since.elapsed() >= idle {
+            continue;
+        }
+        // An idle HTTP/1 connection has nothing to say: readable means closed or broken.
+        // One poll, outside tokio's cooperative budget so "not ready" means no data.
+        let mut byte = [0u8; 1];
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut byte)));
+        if read.poll(&mut cx).is_pending() {
+            return Some(stream);
+        }
+    }
+}
+
+fn keep(addr: SocketAddr, stream: Stream) {
+    IDLE.with(|p| {
+        let mut pool = p.borrow_mut();
+        let idle = pool.entry(addr).or_default();
+        if idle.len() >= POOL_PER_UPSTREAM {
+            idle.remove(0);
+        }
+        idle.push((stream, Instant::now()));
+    });
+}
+
+async fn connect(addr: SocketAddr, timeouts: &Timeouts) -> pingora::Result<Stream> {
+    let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Error::e_because(ErrorType::ConnectError, "connecting upstream", e),
+        Err(_) => return Error::e_explain(ErrorType::ConnectTimedout, "connecting upstream"),
+    };
+    tcp.set_nodelay(true)
+        .or_err(ErrorType::ConnectError, "setting TCP_NODELAY")?;
+    Ok(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)))
+}
+
+/// Send `request` and read the response header, skipping interim (1xx) responses. A reused
+/// connection the upstream closed meanwhile is replaced once by a new one: the request has no
+/// body and a safe method, so sending it again is harmless.
+async fn exchange(
+    addr: SocketAddr,
+    request: &RequestHeader,
+    timeouts: &Timeouts,
+) -> pingora::Result<UpstreamSession> {
+    let mut reused = pooled(addr, timeouts.idle);
+    loop {
+        let was_reused = reused.is_some();
+        let stream = match reused.take() {
+            Some(stream) => stream,
+            None => connect(addr, timeouts).await?,
+        };
+        let mut upstream = UpstreamSession::new(stream);
+        upstream.read_timeout = Some(timeouts.read);
+        upstream.write_timeout = Some(timeouts.write);
+        let sent = upstream
+            .write_request_header(Box::new(request.clone()))
+            .await;
+        let answered = match sent {
+            Ok(_) => read_final_header(&mut upstream).await,
+            Err(e) => Err(e),
+        };
+        match answered {
+            Ok(()) => return Ok(upstream),
+            // A timeout is the upstream being slow, not a stale connection.
+            Err(e) if was_reused && !is_timeout(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+async fn read_final_header(upstream: &mut UpstreamSession) -> pingora::Result<()> {
+    loop {
+        upstream.read_response().await?;
+        match upstream.get_status() {
+            // 101 answers no request of this path (no upgrades here): refuse it.
+            Some(s) if s == http::StatusCode::SWITCHING_PROTOCOLS => {
+                return Error::e_explain(ErrorType::InvalidHTTPHeader, "101 to a plain request")
+            }
+            Some(s) if s.is_informational() => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Forward `request` (already prepared for the upstream) to `addr` and stream the answer to
+/// the client. `finish_header` adjusts the response header before it is sent (HSTS, metrics).
+pub async fn forward(
+    session: &mut Session,
+    addr: SocketAddr,
+    request: &RequestHeader,
+    timeouts: &Timeouts,
+    finish_header: impl FnOnce(&mut ResponseHeader) -> pingora::Result<()>,
+) -> pingora::Result<()> {
+    let mut upstream = exchange(addr, request, timeouts)
+        .await
+        .map_err(|e| e.into_up())?;
+    upstream.respect_keepalive();
+    let mut header = match upstream.resp_header() {
+        Some(h) => h.clone(),
+        None => return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header"),
+    };
+    let done = upstream.is_body_done();
+    // As pingora_proxy does: a response framed by the connection's close goes to the client
+    // chunked, so the client's connection can stay open.
+    let no_body = request.method == Method::HEAD || matches!(header.status.as_u16(), 204 | 304);
+    if !no_body
+        && !done
+        && header
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_none()
+        && header.headers.get(http::header::CONTENT_LENGTH).is_none()
+    {
+        header.set_version(http::Version::HTTP_11);
+        header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    finish_header(&mut header)?;
+    session
+        .write_response_header(Box::new(header), done)
+        .await?;
+    if !done {
+        while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
+            session.write_response_body(Some(chunk), false).await?;
+        }
+    }
+    // Ends the response in every case (an HTTP/2 stream needs it even without a body).
+    session.write_response_body(None, true).await?;
+    if let Some(stream) = upstream.reuse().await {
+        keep(addr, stream);
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! How upstream responses are relayed (issue 2, item 4) for body-less GET and HEAD requests,
+//! which go upstream without pingora_proxy (src/gateway/direct.rs): every way HTTP/1 frames a
+//! response body, interim responses, broken or lying upstreams, and keep-alive reuse —
+//! against a scripted upstream that answers with exact bytes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const ACME: &str = "acme.localhost";
+
+/// The canned answer for a request line; `true` closes the connection after it.
+fn answer(method: &str, path: &str) -> (Vec<u8>, bool) {
+    let text = |s: &str| s.as_bytes().to_vec();
+    match path {
+        "/raw/chunked" => (
+            text("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            false,
+        ),
+        "/raw/close-delimited" => (
+            text("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody ended by closing the connection"),
+            true,
+        ),
+        "/raw/head" if method == "HEAD" => (
+            text("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1234\r\n\r\n"),
+            false,
+        ),
+        "/raw/no-content" => (text("HTTP/1.1 204 No Content\r\nX-Seen: yes\r\n\r\n"), false),
+        "/raw/not-modified" => (
+            text("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n"),
+            false,
+        ),
+        "/raw/early-hints" => (
+            text("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            false,
+        ),
+        "/raw/big" => {
+            let body = vec![b'x'; 1 << 20];
+            let mut out = text(&format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ));
+            out.extend(body);
+            (out, false)
+        }
+        // Answers, then closes without saying so: the pooled connection goes stale.
+        "/raw/then-hang-up" => (text("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), true),
+        "/raw/garbage" => (text("this is not HTTP at all\r\n\r\n"), true),
+        "/raw/truncated" => (
+            text("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this much"),
+            true,
+        ),
+        "/raw/switching" => (
+            text("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+            true,
+        ),
+        "/raw/hop-by-hop" => (
+            text("HTTP/1.1 200 OK\r\nConnection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok"),
+            true,
+        ),
+        _ => (text("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), false),
+    }
+}
+
+/// A scripted HTTP/1 upstream on a free loopback port.
+struct Scripted {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    fn start() -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || serve(conn));
+            }
+        });
+        Scripted { port, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(mut conn: TcpStream) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        buf.drain(..head_end);
+        let mut line = head.lines().next().unwrap_or("").split(' ');
+        let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+        let (bytes, close) = answer(method, path);
+        if conn.write_all(&bytes).is_err() {
+            return;
+        }
+        if close {
+            let _ = conn.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+fn world() -> (Gateway, Scripted) {
+    let upstream = Scripted::start();
+    let gw = Gateway::start(Opts {
+        acme_policy_extra: format!(
+            "\n[[routes]]\nid = \"raw\"\nprefix = \"/raw\"\nupstream = \"http://127.0.0.1:{}\"\naccess = \"public\"\n",
+            upstream.port
+        ),
+        ..Opts::default()
+    });
+    (gw, upstream)
+}
+
+async fn get(client: &reqwest::Client, gw: &Gateway, path: &str) -> Response {
+    fetch(client.get(gw.url(ACME, path))).await
+}
+
+#[tokio::test]
+async fn every_body_framing_reaches_the_client_whole_over_h1_and_h2() {
+    let (gw, _up) = world();
+    for client in [gw.client_h1(), gw.client()] {
+        let r = get(&client, &gw, "/raw/chunked").await;
+        assert_eq!((r.status, r.text()), (200, "hello world".into()));
+        assert!(r.header("strict-transport-security").is_some(), "HSTS");
+        let r = get(&client, &gw, "/raw/close-delimited").await;
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "body ended by closing the connection".into())
+        );
+        let r = get(&client, &gw, "/raw/big").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 1 << 20);
+        assert!(r.body.iter().all(|&b| b == b'x'));
+        // The client's connection survived all of that.
+        let r = get(&client, &gw, "/raw/ok").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+    }
+}
+
+#[tokio::test]
+async fn bodiless_answers_stay_bodiless() {
+    let (gw, _up) = world();
+    for client in [gw.client_h1(), gw.client()] {
+        let r = fetch(client.head(gw.url(ACME, "/raw/head"))).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-length"), Some("1234"));
+        assert!(r.body.is_empty());
+        let r = get(&client, &gw, "/raw/no-content").await;
+        assert_eq!(r.status, 204);
+        assert_eq!(r.header("x-seen"), Some("yes"));
+        assert!(r.body.is_empty());
+        let r = get(&client, &gw, "/raw/not-modified").await;
+        assert_eq!(r.status, 304);
+        assert_eq!(r.header("etag"), Some("\"v1\""));
+        // And the next answer on the same connections is read from its own start.
+        let r = get(&client, &gw, "/raw/ok").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+    }
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_for_the_final_one() {
+    let (gw, _up) = world();
+    let r = get(&gw.client_h1(), &gw, "/raw/early-hints").await;
+    assert_eq!((r.status, r.text()), (200, "ok".into()));
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_stale_ones_replaced() {
+    let (gw, up) = world();
+    let client = gw.client_h1();
+    for _ in 0..10 {
+        let r = get(&client, &gw, "/raw/ok").await;
+        assert_eq!(r.status, 200);
+    }
+    let pooled = up.connections();
+    assert!(
+        pooled <= 2,
+        "10 requests opened {pooled} upstream connections"
+    );
+    // The upstream hangs up after answering without saying so; the next request must not
+    // fail on the dead pooled connection.
+    for _ in 0..5 {
+        let r = get(&client, &gw, "/raw/then-hang-up").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+        let r = get(&client, &gw, "/raw/ok").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()), "after a hang-up");
+    }
+}
+
+#[tokio::test]
+async fn broken_or_lying_upstreams_never_pass_as_good_answers() {
+    let (gw, _up) = world();
+    let client = gw.client_h1();
+    let r = get(&client, &gw, "/raw/garbage").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    // 101 to a request that asked for no upgrade.
+    let r = get(&client, &gw, "/raw/switching").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    // A body shorter than its Content-Length: the client must see a broken response, never a
+    // complete one.
+    let cut = client.get(gw.url(ACME, "/raw/truncated")).send().await;
+    if let Ok(resp) = cut {
+        assert!(
+            resp.bytes().await.is_err(),
+            "a truncated upstream body was delivered as complete"
+        );
+    }
+    // The gateway keeps serving.
+    let r = get(&client, &gw, "/raw/ok").await;
+    assert_eq!((r.status, r.text()), (200, "ok".into()));
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_do_not_reach_the_client() {
+    let (gw, _up) = world();
+    let r = get(&gw.client_h1(), &gw, "/raw/hop-by-hop").await;
+    assert_eq!((r.status, r.text()), (200, "ok".into()));
+    assert_eq!(r.header("keep-alive"), None);
+    assert_eq!(r.header("x-secret-hop"), None, "named in Connection");
+    let r = get(&gw.client(), &gw, "/raw/hop-by-hop").await;
+    assert_eq!((r.status, r.text()), (200, "ok".into()));
+    assert_eq!(r.header("keep-alive"), None);
+    assert_eq!(r.header("x-secret-hop"), None, "named in Connection");
+}
