@@ -96,12 +96,14 @@ async fn connect(addr: SocketAddr, timeouts: &Timeouts) -> pingora::Result<Strea
     Ok(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)))
 }
 
-/// Send `request` and read the response header, skipping interim (1xx) responses. A reused
-/// connection the upstream closed meanwhile is replaced once by a new one: the request has no
-/// body and a safe method, so sending it again is harmless.
+/// Send the request `build` makes from the client's and read the response header, skipping
+/// interim (1xx) responses. A reused connection the upstream closed meanwhile is replaced once
+/// by a new one: the request has no body and a safe method, so sending it again is harmless
+/// (it is built again for that, so the usual case builds it once).
 async fn exchange(
     addr: SocketAddr,
-    request: &RequestHeader,
+    session: &Session,
+    build: &impl Fn(&Session) -> pingora::Result<RequestHeader>,
     timeouts: &Timeouts,
 ) -> pingora::Result<UpstreamSession> {
     let mut reused = pooled(addr, timeouts.idle);
@@ -114,9 +116,8 @@ async fn exchange(
         let mut upstream = UpstreamSession::new(stream);
         upstream.read_timeout = Some(timeouts.read);
         upstream.write_timeout = Some(timeouts.write);
-        let sent = upstream
-            .write_request_header(Box::new(request.clone()))
-            .await;
+        let request = build(session).map_err(|e| e.into_in())?;
+        let sent = upstream.write_request_header(Box::new(request)).await;
         let answered = match sent {
             Ok(_) => read_final_header(&mut upstream).await,
             Err(e) => Err(e),
@@ -151,18 +152,26 @@ async fn read_final_header(upstream: &mut UpstreamSession) -> pingora::Result<()
     }
 }
 
-/// Forward `request` (already prepared for the upstream) to `addr` and stream the answer to
-/// the client. `finish_header` adjusts the response header before it is sent (HSTS, metrics).
+/// Forward the client's request, as `build` prepares it for the upstream, to `addr` and stream
+/// the answer to the client. `finish_header` adjusts the response header before it is sent
+/// (HSTS, metrics).
 pub async fn forward(
     session: &mut Session,
     addr: SocketAddr,
-    request: &RequestHeader,
+    build: impl Fn(&Session) -> pingora::Result<RequestHeader>,
     timeouts: &Timeouts,
     finish_header: impl FnOnce(&mut ResponseHeader) -> pingora::Result<()>,
 ) -> pingora::Result<()> {
-    let mut upstream = exchange(addr, request, timeouts)
+    let head = session.req_header().method == Method::HEAD;
+    let mut upstream = exchange(addr, session, &build, timeouts)
         .await
-        .map_err(|e| e.into_up())?;
+        .map_err(|e| {
+            if e.esource() == &pingora::ErrorSource::Internal {
+                e
+            } else {
+                e.into_up()
+            }
+        })?;
     upstream.respect_keepalive();
     let mut header = match upstream.resp_header() {
         Some(h) => h.clone(),
@@ -171,7 +180,7 @@ pub async fn forward(
     let done = upstream.is_body_done();
     // As pingora_proxy does: a response framed by the connection's close goes to the client
     // chunked, so the client's connection can stay open.
-    let no_body = request.method == Method::HEAD || matches!(header.status.as_u16(), 204 | 304);
+    let no_body = head || matches!(header.status.as_u16(), 204 | 304);
     if !no_body
         && !done
         && header

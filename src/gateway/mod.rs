@@ -215,9 +215,13 @@ impl Gateway {
     /// Send an admitted body-less GET/HEAD to its plain-HTTP upstream without pingora_proxy
     /// (see [`direct`]); failures come back as upstream errors for `fail_to_proxy`.
     async fn forward_direct(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
-        let mut request = session.req_header().clone();
-        request.set_version(http::Version::HTTP_11);
-        self.prepare_upstream(session, &mut request, ctx)?;
+        let ctx = &*ctx;
+        let build = |session: &Session| {
+            let mut request = session.req_header().clone();
+            request.set_version(http::Version::HTTP_11);
+            self.prepare_upstream(session, &mut request, ctx)?;
+            Ok(request)
+        };
         let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
             return Error::e_explain(ErrorType::InternalError, "no admitted request");
         };
@@ -233,7 +237,7 @@ impl Gateway {
         let (tenant, route) = (&admitted.prepared.tenant.id, &admitted.route().id);
         let hsts = &rt.hsts;
         let addr = admitted.route().upstream.addr;
-        direct::forward(session, addr, &request, &timeouts, |header| {
+        direct::forward(session, addr, build, &timeouts, |header| {
             metrics.upstream_latency(tenant, route, sent.elapsed().as_secs_f64());
             headers::strip_response_hop_by_hop(header);
             header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())
