@@ -111,7 +111,7 @@ async fn exchange(
         let was_reused = reused.is_some();
         let stream = match reused.take() {
             Some(stream) => stream,
-            None => connect(addr, timeouts).await?,
+            None => connect(addr, timeouts).await.map_err(|e| e.into_up())?,
         };
         let mut upstream = UpstreamSession::new(stream);
         upstream.read_timeout = Some(timeouts.read);
@@ -126,7 +126,7 @@ async fn exchange(
             Ok(()) => return Ok(upstream),
             // A timeout is the upstream being slow, not a stale connection.
             Err(e) if was_reused && !is_timeout(&e) => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into_up()),
         }
     }
 }
@@ -163,19 +163,15 @@ pub async fn forward(
     finish_header: impl FnOnce(&mut ResponseHeader) -> pingora::Result<()>,
 ) -> pingora::Result<()> {
     let head = session.req_header().method == Method::HEAD;
-    let mut upstream = exchange(addr, session, &build, timeouts)
-        .await
-        .map_err(|e| {
-            if e.esource() == &pingora::ErrorSource::Internal {
-                e
-            } else {
-                e.into_up()
-            }
-        })?;
+    let mut upstream = exchange(addr, session, &build, timeouts).await?;
     upstream.respect_keepalive();
     let mut header = match upstream.resp_header() {
         Some(h) => h.clone(),
-        None => return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header"),
+        None => {
+            return Err(
+                Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up(),
+            )
+        }
     };
     let done = upstream.is_body_done();
     // As pingora_proxy does: a response framed by the connection's close goes to the client

@@ -235,12 +235,10 @@ impl Gateway {
         let sent = Instant::now();
         let metrics = &self.shared.metrics;
         let (tenant, route) = (&admitted.prepared.tenant.id, &admitted.route().id);
-        let hsts = &rt.hsts;
         let addr = admitted.route().upstream.addr;
         direct::forward(session, addr, build, &timeouts, |header| {
             metrics.upstream_latency(tenant, route, sent.elapsed().as_secs_f64());
-            headers::strip_response_hop_by_hop(header);
-            header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())
+            finish_response(rt, header)
         })
         .await
     }
@@ -432,12 +430,13 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        headers::strip_response_hop_by_hop(upstream_response);
-        if let Some(rt) = &ctx.runtime {
-            upstream_response
-                .insert_header(http::header::STRICT_TRANSPORT_SECURITY, rt.hsts.clone())?;
+        match &ctx.runtime {
+            Some(rt) => finish_response(rt, upstream_response),
+            None => {
+                headers::strip_response_hop_by_hop(upstream_response);
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Runs when proxying failed after admission: map the failure to our own page.
@@ -552,6 +551,13 @@ fn audit_kind(err: &RequestError) -> Option<EventKind> {
         | RequestError::RateLimited
         | RequestError::Unavailable => None,
     }
+}
+
+/// An upstream response on its way to the client, on either upstream path: hop-by-hop fields
+/// end here, HSTS on every response.
+fn finish_response(rt: &Runtime, header: &mut ResponseHeader) -> pingora::Result<()> {
+    headers::strip_response_hop_by_hop(header);
+    header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, rt.hsts.clone())
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {

@@ -518,6 +518,7 @@ mod tests {
                 ("Upgrade", "websocket"),
                 ("Proxy-Authorization", "Basic YTpi"),
                 ("Proxy-Authenticate", "Basic"),
+                ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
             ],
         );
         assert_absent(
@@ -531,6 +532,7 @@ mod tests {
                 "upgrade",
                 "proxy-authorization",
                 "proxy-authenticate",
+                "http2-settings",
             ],
         );
     }
