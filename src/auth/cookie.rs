@@ -60,7 +60,10 @@ pub fn without_gateway_cookies(headers: &HeaderMap) -> Option<String> {
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
             // Any spelling a backend might fold to ours is dropped too.
-            !name.to_ascii_lowercase().starts_with("__host-portcullis")
+            const OURS: &str = "__host-portcullis";
+            !name
+                .get(..OURS.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(OURS))
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))

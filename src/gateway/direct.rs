@@ -25,6 +25,8 @@ use pingora::{Error, ErrorType, OrErr};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::upstream::headers::ResponseParts;
+
 /// Idle connections kept per upstream address and worker thread.
 const POOL_PER_UPSTREAM: usize = 64;
 
@@ -153,44 +155,39 @@ async fn read_final_header(upstream: &mut UpstreamSession) -> pingora::Result<()
 }
 
 /// Forward the client's request, as `build` prepares it for the upstream, to `addr` and stream
-/// the answer to the client. `finish_header` adjusts the response header before it is sent
-/// (HSTS, metrics).
+/// the answer to the client. `client_header` makes the response header the client gets from the
+/// upstream's (hop-by-hop fields, HSTS, metrics).
 pub async fn forward(
     session: &mut Session,
     addr: SocketAddr,
     build: impl Fn(&Session) -> pingora::Result<RequestHeader>,
     timeouts: &Timeouts,
-    finish_header: impl FnOnce(&mut ResponseHeader) -> pingora::Result<()>,
+    client_header: impl FnOnce(&ResponseHeader) -> ResponseParts,
 ) -> pingora::Result<()> {
     let head = session.req_header().method == Method::HEAD;
     let mut upstream = exchange(addr, session, &build, timeouts).await?;
     upstream.respect_keepalive();
-    let mut header = match upstream.resp_header() {
-        Some(h) => h.clone(),
-        None => {
-            return Err(
-                Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up(),
-            )
-        }
+    let Some(upstream_header) = upstream.resp_header() else {
+        return Err(Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up());
     };
+    let mut header = client_header(upstream_header);
     let done = upstream.is_body_done();
     // As pingora_proxy does: a response framed by the connection's close goes to the client
     // chunked, so the client's connection can stay open.
     let no_body = head || matches!(header.status.as_u16(), 204 | 304);
     if !no_body
         && !done
-        && header
-            .headers
-            .get(http::header::TRANSFER_ENCODING)
-            .is_none()
-        && header.headers.get(http::header::CONTENT_LENGTH).is_none()
+        && !header.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && !header.headers.contains_key(http::header::CONTENT_LENGTH)
     {
-        header.set_version(http::Version::HTTP_11);
-        header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        header.version = http::Version::HTTP_11;
+        header.headers.insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
     }
-    finish_header(&mut header)?;
     session
-        .write_response_header(Box::new(header), done)
+        .write_response_header(Box::new(ResponseHeader::from(header)), done)
         .await?;
     if !done {
         while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {

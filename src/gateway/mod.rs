@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -30,7 +31,7 @@ use crate::auth::flow::{self, AuthRequest};
 use crate::auth::session::Identity;
 use crate::error::RequestError;
 use crate::tls::HandshakeInfo;
-use crate::upstream::headers::{self, Forwarding};
+use crate::upstream::headers::{self, Forwarding, ResponseParts};
 use admit::{Admitted, Prepared, Reached, RequestFacts};
 use state::{Runtime, Shared};
 
@@ -143,31 +144,41 @@ impl Gateway {
         Ok(true)
     }
 
-    /// The request as it goes upstream: the normalized target, clean headers, identity. Used
-    /// by both upstream paths.
-    fn prepare_upstream(
+    /// The request as it goes upstream, built from `source` (the client's request on the
+    /// direct path, pingora's copy of it on the other): the normalized target, clean headers,
+    /// identity. Used by both upstream paths.
+    fn upstream_request(
         &self,
         session: &Session,
-        upstream_request: &mut RequestHeader,
+        source: &RequestHeader,
         ctx: &Ctx,
-    ) -> pingora::Result<()> {
+    ) -> pingora::Result<RequestHeader> {
         let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
             return Error::e_explain(ErrorType::InternalError, "no admitted request");
         };
-        // Most targets arrive already normalized; only a rewritten one is parsed again.
-        let target = &admitted.prepared.target;
-        if !target.is_exactly(upstream_request.raw_path()) {
-            let uri: http::Uri = target.path_and_query().parse().map_err(|_| {
+        let p = &admitted.prepared;
+        // Most targets arrive already normalized (origin-form, as received); only a rewritten
+        // one is parsed again.
+        let raw = source.raw_path();
+        let as_received = p.target.is_exactly(raw)
+            && source.uri.authority().is_none()
+            && source
+                .uri
+                .path_and_query()
+                .is_some_and(|pq| pq.as_str().as_bytes() == raw);
+        let uri = if as_received {
+            source.uri.clone()
+        } else {
+            p.target.path_and_query().parse().map_err(|_| {
                 Error::explain(ErrorType::InternalError, "normalized target is not a URI")
-            })?;
-            upstream_request.set_uri(uri);
-        }
+            })?
+        };
         let Some(peer) = peer_ip(session) else {
             return Error::e_explain(ErrorType::InternalError, "no client address");
         };
-        let p = &admitted.prepared;
-        headers::prepare(
-            upstream_request,
+        let mut parts = headers::forward(
+            source,
+            uri,
             &Forwarding {
                 peer,
                 host: &p.host,
@@ -177,17 +188,22 @@ impl Gateway {
             },
         )
         .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
-        // HTTP/2 clients send `:authority`, not Host; an HTTP/1 upstream needs Host.
-        upstream_request.insert_header(http::header::HOST, p.host.as_str())?;
+        let invalid =
+            |what: &str| Error::explain(ErrorType::InternalError, format!("invalid {what}"));
         // The session token is a bearer credential for the gateway only.
-        match cookie::without_gateway_cookies(&upstream_request.headers) {
-            Some(kept) => upstream_request.insert_header(http::header::COOKIE, kept)?,
-            None => {
-                upstream_request.remove_header(&http::header::COOKIE);
+        if parts.headers.contains_key(http::header::COOKIE) {
+            match cookie::without_gateway_cookies(&source.headers) {
+                Some(kept) => {
+                    let kept = HeaderValue::from_str(&kept).map_err(|_| invalid("cookie"))?;
+                    parts.headers.insert(http::header::COOKIE, kept);
+                }
+                None => {
+                    parts.headers.remove(http::header::COOKIE);
+                }
             }
         }
         if let Some(identity) = &ctx.identity {
-            // Set after `headers::prepare`, which strips every inbound `X-Portcullis-*`.
+            // Added after `headers::forward`, which drops every inbound `X-Portcullis-*`.
             let token = self
                 .shared
                 .auth
@@ -204,24 +220,23 @@ impl Gateway {
                         format!("cannot sign identity: {e}"),
                     )
                 })?;
-            upstream_request
-                .insert_header("X-Portcullis-User", identity.session.username.as_str())?;
-            upstream_request.insert_header("X-Portcullis-Roles", identity.roles.join(","))?;
-            upstream_request.insert_header("X-Portcullis-Jwt", token)?;
+            let user = HeaderValue::from_str(&identity.session.username)
+                .map_err(|_| invalid("user name"))?;
+            let roles =
+                HeaderValue::from_str(&identity.roles.join(",")).map_err(|_| invalid("roles"))?;
+            let token = HeaderValue::from_str(&token).map_err(|_| invalid("token"))?;
+            parts.headers.insert(IDENTITY_USER, user);
+            parts.headers.insert(IDENTITY_ROLES, roles);
+            parts.headers.insert(IDENTITY_JWT, token);
         }
-        Ok(())
+        Ok(RequestHeader::from(parts))
     }
 
     /// Send an admitted body-less GET/HEAD to its plain-HTTP upstream without pingora_proxy
     /// (see [`direct`]); failures come back as upstream errors for `fail_to_proxy`.
     async fn forward_direct(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
         let ctx = &*ctx;
-        let build = |session: &Session| {
-            let mut request = session.req_header().clone();
-            request.set_version(http::Version::HTTP_11);
-            self.prepare_upstream(session, &mut request, ctx)?;
-            Ok(request)
-        };
+        let build = |session: &Session| self.upstream_request(session, session.req_header(), ctx);
         let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
             return Error::e_explain(ErrorType::InternalError, "no admitted request");
         };
@@ -238,7 +253,7 @@ impl Gateway {
         let addr = admitted.route().upstream.addr;
         direct::forward(session, addr, build, &timeouts, |header| {
             metrics.upstream_latency(tenant, route, sent.elapsed().as_secs_f64());
-            finish_response(rt, header)
+            finish_response(Some(&rt.hsts), header)
         })
         .await
     }
@@ -400,7 +415,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        self.prepare_upstream(session, upstream_request, ctx)?;
+        *upstream_request = self.upstream_request(session, upstream_request, ctx)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -430,13 +445,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        match &ctx.runtime {
-            Some(rt) => finish_response(rt, upstream_response),
-            None => {
-                headers::strip_response_hop_by_hop(upstream_response);
-                Ok(())
-            }
-        }
+        let hsts = ctx.runtime.as_ref().map(|rt| &rt.hsts);
+        *upstream_response = ResponseHeader::from(finish_response(hsts, upstream_response));
+        Ok(())
     }
 
     /// Runs when proxying failed after admission: map the failure to our own page.
@@ -553,12 +564,23 @@ fn audit_kind(err: &RequestError) -> Option<EventKind> {
     }
 }
 
-/// An upstream response on its way to the client, on either upstream path: hop-by-hop fields
-/// end here, HSTS on every response.
-fn finish_response(rt: &Runtime, header: &mut ResponseHeader) -> pingora::Result<()> {
-    headers::strip_response_hop_by_hop(header);
-    header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, rt.hsts.clone())
+/// An upstream response header as it goes to the client, on either upstream path: hop-by-hop
+/// fields end here, HSTS on every response.
+fn finish_response(hsts: Option<&HeaderValue>, upstream: &ResponseHeader) -> ResponseParts {
+    // Room for HSTS and the Transfer-Encoding the direct path may add.
+    let mut parts = headers::client_response(upstream, 2);
+    if let Some(hsts) = hsts {
+        parts
+            .headers
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    parts
 }
+
+/// Identity fields for the upstream (DESIGN.md); inbound copies never pass `headers::forward`.
+const IDENTITY_USER: HeaderName = HeaderName::from_static("x-portcullis-user");
+const IDENTITY_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
+const IDENTITY_JWT: HeaderName = HeaderName::from_static("x-portcullis-jwt");
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
