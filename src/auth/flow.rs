@@ -382,7 +382,7 @@ impl Auth {
         route_id: &str,
         host: &str,
         ttl_secs: u64,
-    ) -> Result<String, JwtError> {
+    ) -> Result<http::HeaderValue, JwtError> {
         let s = &identity.session;
         let template = Claims {
             iss: format!("https://{host}"),
@@ -484,7 +484,7 @@ impl Auth {
         tenant: &Tenant,
         headers: &HeaderMap,
         client_ip: Option<IpAddr>,
-    ) -> Result<Option<Identity>, AuthError> {
+    ) -> Result<Option<Arc<Identity>>, AuthError> {
         Ok(match self.lookup(tenant, headers, client_ip).await? {
             Lookup::Live(id) if id.session.stage == Stage::Active => Some(id),
             _ => None,

@@ -20,6 +20,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use http::HeaderValue;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -633,7 +634,8 @@ struct Shard {
 }
 
 struct Cached {
-    token: String,
+    /// Ready to send: handing it out is a reference-count increment, not a copy.
+    token: HeaderValue,
     kid: String,
     /// The claims as signed.
     claims: Claims,
@@ -702,7 +704,7 @@ impl TokenCache {
         template: &Claims,
         now_unix: u64,
         ttl_secs: u64,
-    ) -> Result<String, JwtError> {
+    ) -> Result<HeaderValue, JwtError> {
         let shard = self.shard(&template.sid);
         let active = keyring.active().kid();
         if let Some(cached) = lock(shard)
@@ -717,7 +719,8 @@ impl TokenCache {
         let mut claims = template.clone();
         claims.iat = now_unix;
         claims.exp = now_unix.saturating_add(ttl_secs.clamp(1, MAX_TTL_SECS));
-        let token = keyring.sign(&claims)?;
+        let token = HeaderValue::try_from(keyring.sign(&claims)?)
+            .map_err(|_| JwtError::Malformed("signed token is not a header value"))?;
         let cached = Cached {
             token: token.clone(),
             kid: active.to_string(),
@@ -818,6 +821,10 @@ mod tests {
 
     fn sign_raw(key: &Key, header: &Value, payload: &impl Serialize) -> String {
         sign_text(key, &header.to_string(), payload)
+    }
+
+    fn text(token: &HeaderValue) -> &str {
+        token.to_str().unwrap()
     }
 
     fn check(ring: &Keyring, token: &str, now: u64) -> Result<Claims, JwtError> {
@@ -1260,14 +1267,14 @@ mod tests {
         let cache = TokenCache::default();
         let template = claims(&app(), 0);
         let first = cache.get_or_sign(&ring, &template, T0, 60).unwrap();
-        assert_eq!(check(&ring, &first, T0).unwrap().exp, T0 + 60);
+        assert_eq!(check(&ring, text(&first), T0).unwrap().exp, T0 + 60);
         assert_eq!(
             cache.get_or_sign(&ring, &template, T0 + 30, 60).unwrap(),
             first
         );
         let second = cache.get_or_sign(&ring, &template, T0 + 31, 60).unwrap();
         assert_ne!(second, first);
-        assert_eq!(check(&ring, &second, T0 + 31).unwrap().iat, T0 + 31);
+        assert_eq!(check(&ring, text(&second), T0 + 31).unwrap().iat, T0 + 31);
         assert_eq!(cache.len(), 1);
     }
 
@@ -1282,13 +1289,13 @@ mod tests {
         let billing = cache.get_or_sign(&ring, &other_route, T0, 60).unwrap();
         assert_ne!(app_token, billing);
         assert!(matches!(
-            check(&ring, &billing, T0),
+            check(&ring, text(&billing), T0),
             Err(JwtError::Audience)
         ));
         let mut other_session = claims(&app(), 0);
         other_session.sid = "s-5678".into();
         let theirs = cache.get_or_sign(&ring, &other_session, T0, 60).unwrap();
-        assert_eq!(check(&ring, &theirs, T0).unwrap().sid, "s-5678");
+        assert_eq!(check(&ring, text(&theirs), T0).unwrap().sid, "s-5678");
         assert_eq!(cache.len(), 3);
     }
 
@@ -1303,7 +1310,10 @@ mod tests {
         stepped_up.roles = vec!["admin".into()];
         let second = cache.get_or_sign(&ring, &stepped_up, T0 + 1, 60).unwrap();
         assert_ne!(second, first);
-        assert_eq!(check(&ring, &second, T0 + 1).unwrap().roles, ["admin"]);
+        assert_eq!(
+            check(&ring, text(&second), T0 + 1).unwrap().roles,
+            ["admin"]
+        );
     }
 
     #[test]
@@ -1318,7 +1328,7 @@ mod tests {
         Keyring::rotate(&path, &sealer, T0 + 1).unwrap();
         let new = Keyring::load(&path, &sealer).unwrap();
         let token = cache.get_or_sign(&new, &template, T0 + 2, 60).unwrap();
-        assert!(token.starts_with(&new.active().header));
+        assert!(text(&token).starts_with(&new.active().header));
     }
 
     #[test]
@@ -1346,7 +1356,10 @@ mod tests {
         let token = cache
             .get_or_sign(&ring, &claims(&app(), 0), T0, 3600)
             .unwrap();
-        assert_eq!(check(&ring, &token, T0).unwrap().exp, T0 + MAX_TTL_SECS);
+        assert_eq!(
+            check(&ring, text(&token), T0).unwrap().exp,
+            T0 + MAX_TTL_SECS
+        );
     }
 
     #[test]

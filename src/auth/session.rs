@@ -70,14 +70,14 @@ pub enum Lookup {
     /// No cookie, a malformed one, or one no store knows.
     None,
     /// A known session that is no longer valid (timed out, other tenant, user disabled).
-    Ended(Session),
+    Ended(Box<Session>),
     /// A valid session of this tenant at some stage of the login.
-    Live(Identity),
+    Live(Arc<Identity>),
 }
 
 #[derive(Clone)]
 struct Cached {
-    identity: Identity,
+    identity: Arc<Identity>,
     checked_at: u64,
 }
 
@@ -151,7 +151,7 @@ impl Sessions {
             Some(u) if !u.disabled && session.is_live(now) => u,
             _ => {
                 self.end(&session)?;
-                return Ok(Lookup::Ended(session));
+                return Ok(Lookup::Ended(Box::new(session)));
             }
         };
         let mut session = session;
@@ -159,10 +159,10 @@ impl Sessions {
             self.store.touch_session(&hash, now)?;
             session.last_seen = now;
         }
-        let identity = Identity {
+        let identity = Arc::new(Identity {
             session,
             roles: user.roles,
-        };
+        });
         if identity.session.stage == Stage::Active {
             let mut cache = self.cache();
             if cache.len() >= CACHE_MAX {
@@ -171,7 +171,7 @@ impl Sessions {
             cache.insert(
                 hash,
                 Cached {
-                    identity: identity.clone(),
+                    identity: Arc::clone(&identity),
                     checked_at: now,
                 },
             );
@@ -181,7 +181,7 @@ impl Sessions {
 
     /// A recently validated active session, without touching the store. `None` means "ask
     /// [`Self::lookup`]", not "no session".
-    pub fn cached(&self, tenant: &Tenant, token: &str, now: u64) -> Option<Identity> {
+    pub fn cached(&self, tenant: &Tenant, token: &str, now: u64) -> Option<Arc<Identity>> {
         if !well_formed(token) {
             return None;
         }
@@ -191,7 +191,7 @@ impl Sessions {
         let fresh = now.saturating_sub(hit.checked_at) < CACHE_TTL
             && hit.identity.session.tenant == tenant.id
             && hit.identity.session.is_live(now);
-        fresh.then(|| hit.identity.clone())
+        fresh.then(|| Arc::clone(&hit.identity))
     }
 
     /// End one session. Blocking.

@@ -224,7 +224,6 @@ impl Gateway {
                 .map_err(|_| invalid("user name"))?;
             let roles =
                 HeaderValue::from_str(&identity.roles.join(",")).map_err(|_| invalid("roles"))?;
-            let token = HeaderValue::from_str(&token).map_err(|_| invalid("token"))?;
             parts.headers.insert(IDENTITY_USER, user);
             parts.headers.insert(IDENTITY_ROLES, roles);
             parts.headers.insert(IDENTITY_JWT, token);
@@ -268,7 +267,7 @@ pub struct Ctx {
     /// Set once the request is admitted.
     admitted: Option<Admitted>,
     /// The signed-in caller, if any.
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
     /// How far a refused request got.
     reached: Reached,
     /// The client under the trusted-proxy rules.

@@ -62,7 +62,7 @@ impl Auth {
                     let fresh = Self::blocking(move || store.session(&hash)).await?;
                     fresh.map(|session| Identity {
                         session,
-                        roles: id.roles,
+                        roles: id.roles.clone(),
                     })
                 }
                 _ => None,
@@ -183,7 +183,7 @@ impl Auth {
         let (token, next) = self
             .advance(
                 req,
-                Lookup::Live(id),
+                Lookup::Live(Arc::new(id)),
                 &session.username,
                 Stage::Active,
                 amr,
@@ -416,7 +416,7 @@ impl Auth {
         let (token, next) = self
             .advance(
                 req,
-                Lookup::Live(id),
+                Lookup::Live(Arc::new(id)),
                 &session.username,
                 Stage::Active,
                 amr,
