@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{retry_after_secs, Decision, Limiter, Ticket};
 use crate::store::{Session, Stage, Store, StoreError};
 
-use super::jwt::{self, Claims, JwtError, Keyring, TokenCache};
+use super::jwt::{self, Claims, JwtError, Keyring, Subject, TokenCache};
 
 mod admin;
 mod mfa;
@@ -384,10 +384,23 @@ impl Auth {
         ttl_secs: u64,
     ) -> Result<http::HeaderValue, JwtError> {
         let s = &identity.session;
+        let aud = jwt::audience(&tenant.id, route_id);
+        let keyring = self.keyring.load();
+        let now = self.clock.unix_secs();
+        let who = Subject {
+            sub: &s.username,
+            tenant: &tenant.id,
+            host,
+            roles: &identity.roles,
+            amr: &s.amr,
+        };
+        if let Some(token) = self.tokens.cached(&keyring, &s.id, &aud, now, &who) {
+            return Ok(token);
+        }
         let template = Claims {
             iss: format!("https://{host}"),
             sub: s.username.clone(),
-            aud: jwt::audience(&tenant.id, route_id),
+            aud,
             tenant: tenant.id.clone(),
             roles: identity.roles.clone(),
             amr: s.amr.clone(),
@@ -395,12 +408,7 @@ impl Auth {
             iat: 0,
             exp: 0,
         };
-        self.tokens.get_or_sign(
-            &self.keyring.load(),
-            &template,
-            self.clock.unix_secs(),
-            ttl_secs,
-        )
+        self.tokens.get_or_sign(&keyring, &template, now, ttl_secs)
     }
 
     /// The published signing keys.

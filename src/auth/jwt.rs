@@ -153,19 +153,46 @@ pub struct Claims {
     pub exp: u64,
 }
 
-impl Claims {
-    /// Whether two claim sets say the same thing about who the user is and where the token
-    /// goes; `iat` and `exp` aside.
-    fn same_identity(&self, other: &Claims) -> bool {
-        self.sid == other.sid
-            && self.aud == other.aud
-            && self.sub == other.sub
-            && self.tenant == other.tenant
-            && self.iss == other.iss
-            && self.roles == other.roles
-            && self.amr == other.amr
+/// Who a token speaks for, borrowed: what a cached token must still say to be handed out
+/// again (its session and audience are the cache's keys).
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The user (`sub`).
+    pub sub: &'a str,
+    /// The tenant id.
+    pub tenant: &'a str,
+    /// The host the issuer is named after (`iss` = `https://<host>`).
+    pub host: &'a str,
+    /// The user's roles, in order.
+    pub roles: &'a [String],
+    /// How the user signed in.
+    pub amr: &'a [String],
+}
+
+impl<'a> Subject<'a> {
+    /// The subject of a claim set we build (`iss` always `https://<host>`).
+    fn of(claims: &'a Claims) -> Option<Self> {
+        Some(Self {
+            sub: &claims.sub,
+            tenant: &claims.tenant,
+            host: claims.iss.strip_prefix(ISSUER_SCHEME)?,
+            roles: &claims.roles,
+            amr: &claims.amr,
+        })
+    }
+
+    /// Whether `claims` say the same about who the user is; `iat` and `exp` aside.
+    fn matches(&self, claims: &Claims) -> bool {
+        claims.sub == self.sub
+            && claims.tenant == self.tenant
+            && claims.iss.strip_prefix(ISSUER_SCHEME) == Some(self.host)
+            && claims.roles == self.roles
+            && claims.amr == self.amr
     }
 }
+
+/// Issuers are `https://<host>`.
+const ISSUER_SCHEME: &str = "https://";
 
 /// The audience for `route_id` of `tenant`: `<tenant>/<route id>`. Route ids are unique only
 /// within a tenant, so the tenant is part of the audience: a backend checking its audience
@@ -695,6 +722,26 @@ impl TokenCache {
         }
     }
 
+    /// The cached token of session `sid` for audience `aud`, if its key still signs, it has at
+    /// least half its lifetime left and it speaks for `who`. Builds nothing: the hot path of
+    /// every signed-in request.
+    pub fn cached(
+        &self,
+        keyring: &Keyring,
+        sid: &str,
+        aud: &str,
+        now_unix: u64,
+        who: &Subject<'_>,
+    ) -> Option<HeaderValue> {
+        let active = keyring.active().kid();
+        lock(self.shard(sid))
+            .by_sid
+            .get(sid)
+            .and_then(|routes| routes.get(aud))
+            .filter(|c| c.kid == active && who.matches(&c.claims) && c.fresh(now_unix))
+            .map(|c| c.token.clone())
+    }
+
     /// A token for `template` (its `iat`/`exp` are ignored): the cached one for the same
     /// session, route and identity if it still has at least half its lifetime left and its
     /// key still signs; otherwise a new one valid for `ttl_secs` (1 to [`MAX_TTL_SECS`]).
@@ -705,16 +752,13 @@ impl TokenCache {
         now_unix: u64,
         ttl_secs: u64,
     ) -> Result<HeaderValue, JwtError> {
-        let shard = self.shard(&template.sid);
-        let active = keyring.active().kid();
-        if let Some(cached) = lock(shard)
-            .by_sid
-            .get(&template.sid)
-            .and_then(|routes| routes.get(&template.aud))
-            .filter(|c| c.kid == active && c.claims.same_identity(template) && c.fresh(now_unix))
-        {
-            return Ok(cached.token.clone());
+        let hit = Subject::of(template)
+            .and_then(|who| self.cached(keyring, &template.sid, &template.aud, now_unix, &who));
+        if let Some(token) = hit {
+            return Ok(token);
         }
+        let active = keyring.active().kid();
+        let shard = self.shard(&template.sid);
         // Signed outside the lock; two requests racing both sign, which is harmless.
         let mut claims = template.clone();
         claims.iat = now_unix;
@@ -1329,6 +1373,52 @@ mod tests {
         let new = Keyring::load(&path, &sealer).unwrap();
         let token = cache.get_or_sign(&new, &template, T0 + 2, 60).unwrap();
         assert!(text(&token).starts_with(&new.active().header));
+    }
+
+    #[test]
+    fn a_cached_token_goes_only_to_the_subject_it_was_signed_for() {
+        let ring = ring(T0);
+        let cache = TokenCache::default();
+        let template = claims(&app(), 0);
+        let token = cache.get_or_sign(&ring, &template, T0, 60).unwrap();
+        let who = Subject::of(&template).unwrap();
+        let (sid, aud) = (template.sid.as_str(), template.aud.as_str());
+        assert_eq!(cache.cached(&ring, sid, aud, T0 + 1, &who), Some(token));
+        let admin = ["admin".to_string()];
+        let otp = ["pwd".to_string(), "otp".to_string()];
+        let others = [
+            Subject {
+                sub: "mallory",
+                ..who
+            },
+            Subject {
+                tenant: "globex",
+                ..who
+            },
+            Subject {
+                host: "evil.example",
+                ..who
+            },
+            Subject {
+                roles: &admin,
+                ..who
+            },
+            Subject { amr: &otp, ..who },
+        ];
+        for other in &others {
+            assert_eq!(
+                cache.cached(&ring, sid, aud, T0 + 1, other),
+                None,
+                "{other:?}"
+            );
+        }
+        assert_eq!(cache.cached(&ring, "s-other", aud, T0 + 1, &who), None);
+        assert_eq!(cache.cached(&ring, sid, "acme/billing", T0 + 1, &who), None);
+        assert_eq!(
+            cache.cached(&ring, sid, aud, T0 + 31, &who),
+            None,
+            "past half-life"
+        );
     }
 
     #[test]
