@@ -301,18 +301,18 @@ impl ProxyHttp for Gateway {
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<HandshakeInfo>())
-            .and_then(|h| h.sni.clone());
-        let authority = req.uri.authority().map(|a| a.as_str().to_string());
+            .and_then(|h| h.sni.as_deref());
+        let authority = req.uri.authority().map(|a| a.as_str());
         let raw_header = session
             .as_downstream()
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
         let facts = RequestFacts {
-            sni: sni.as_deref(),
+            sni,
             version: req.version,
             headers: &req.headers,
             raw_target: req.raw_path(),
-            authority: authority.as_deref(),
+            authority,
             header_bytes: admit::header_bytes(req.method.as_str(), req.raw_path(), &req.headers),
             raw_header: raw_header.as_deref(),
         };
