@@ -103,7 +103,10 @@ impl PrepareError {
     }
 }
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_PORTCULLIS_TENANT: HeaderName = HeaderName::from_static("x-portcullis-tenant");
 
 /// The namespace of headers only the gateway may write.
 const IDENTITY_PREFIX: &str = "x-portcullis-";
@@ -196,10 +199,10 @@ pub fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers.insert(header::HOST, host);
-    headers.insert(GATEWAY_SET[1].clone(), forwarded_for);
-    headers.insert(GATEWAY_SET[2].clone(), HeaderValue::from_static("https"));
-    headers.insert(GATEWAY_SET[3].clone(), forwarded_host);
-    headers.insert(TENANT.clone(), tenant);
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_HOST, forwarded_host);
+    headers.insert(X_PORTCULLIS_TENANT, tenant);
 
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = source.method.clone();
@@ -210,13 +213,13 @@ pub fn forward(
 }
 
 /// Fields the gateway writes itself, so a client's copies are never forwarded.
+/// (X-Portcullis-Tenant needs no place here: every inbound `x-portcullis-*` is dropped.)
 const GATEWAY_SET: [HeaderName; 4] = [
     header::HOST,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
 ];
-const TENANT: HeaderName = HeaderName::from_static("x-portcullis-tenant");
 
 /// An address as X-Forwarded-For writes it; IPv4, nearly every client, without the
 /// formatting machinery.
