@@ -43,11 +43,14 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
-/// Whether this request takes the direct path: GET or HEAD without a body and without an
-/// upgrade, to a plain-HTTP upstream.
+/// Whether this request takes the direct path: a [`simple`] request to a plain-HTTP upstream.
 pub fn eligible(session: &mut Session, upstream_tls: bool) -> bool {
-    !upstream_tls
-        && matches!(session.req_header().method, Method::GET | Method::HEAD)
+    !upstream_tls && simple(session)
+}
+
+/// GET or HEAD without a body and without an upgrade.
+pub fn simple(session: &mut Session) -> bool {
+    matches!(session.req_header().method, Method::GET | Method::HEAD)
         && !session.is_upgrade_req()
         && session.is_body_empty()
 }

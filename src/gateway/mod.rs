@@ -5,9 +5,11 @@
 
 pub mod admit;
 pub mod direct;
+pub mod front;
 pub mod idp_refresh;
 pub mod redirect;
 pub mod reload;
+pub mod replay;
 pub mod respond;
 pub mod retention;
 pub mod server;
@@ -30,6 +32,7 @@ use crate::auth::cookie;
 use crate::auth::flow::{self, AuthRequest};
 use crate::auth::session::Identity;
 use crate::error::RequestError;
+use crate::policy;
 use crate::tls::HandshakeInfo;
 use crate::upstream::headers::{self, Forwarding, ResponseParts};
 use admit::{Admitted, Prepared, Reached, RequestFacts};
@@ -52,11 +55,11 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
         err: RequestError,
-    ) -> pingora::Result<bool> {
+    ) -> pingora::Result<Served> {
         let hsts = self.shared.runtime.load().hsts.clone();
         respond::error(session, &err, &hsts).await?;
         ctx.refused = Some(err);
-        Ok(true)
+        Ok(Served::Answered)
     }
 
     /// 429 with `Retry-After` (RFC 6585 §4) for a client over its request budget.
@@ -65,7 +68,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
         wait: std::time::Duration,
-    ) -> pingora::Result<bool> {
+    ) -> pingora::Result<Served> {
         let json = respond::wants_json(session.req_header().headers.get(http::header::ACCEPT));
         let secs = crate::ratelimit::retry_after_secs(wait);
         let mut reply = if json {
@@ -83,7 +86,7 @@ impl Gateway {
         let hsts = self.shared.runtime.load().hsts.clone();
         respond::reply(session, reply, &hsts).await?;
         ctx.refused = Some(RequestError::RateLimited);
-        Ok(true)
+        Ok(Served::Answered)
     }
 
     /// Serve `/.auth/…`: read the (small) body, let the auth flow answer.
@@ -92,7 +95,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
         prepared: &Prepared,
-    ) -> pingora::Result<bool> {
+    ) -> pingora::Result<Served> {
         // The snapshot `request_filter` took: one configuration for the whole request.
         let rt = ctx
             .runtime
@@ -141,7 +144,7 @@ impl Gateway {
         let reply = auth.handle(&auth_req, || auth.jwks(grace)).await;
         let hsts = rt.hsts.clone();
         respond::reply(session, reply, &hsts).await?;
-        Ok(true)
+        Ok(Served::Answered)
     }
 
     /// The request as it goes upstream, built from `source` (the client's request on the
@@ -231,6 +234,146 @@ impl Gateway {
         Ok(RequestHeader::from(parts))
     }
 
+    /// Everything from a read request header to the decision, in the order of the flow:
+    /// checks → gateway endpoints → authenticate → decide; on the direct path also the
+    /// upstream exchange. `path` says who runs it; see [`Path`].
+    pub(crate) async fn serve(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        path: Path,
+    ) -> pingora::Result<Served> {
+        let rt = self.shared.runtime.load_full();
+        ctx.runtime = Some(Arc::clone(&rt));
+        let peer = peer_ip(session);
+        let req = session.req_header();
+        ctx.client = peer.map(|p| admit::client_ip(&rt, p, &req.headers));
+        let sni = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<HandshakeInfo>())
+            .and_then(|h| h.sni.as_deref());
+        let authority = req.uri.authority().map(|a| a.as_str());
+        let raw_header = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        let facts = RequestFacts {
+            sni,
+            version: req.version,
+            headers: &req.headers,
+            raw_target: req.raw_path(),
+            authority,
+            header_bytes: admit::header_bytes(req.method.as_str(), req.raw_path(), &req.headers),
+            raw_header: raw_header.as_deref(),
+        };
+        let prepared = match admit::prepare(&rt, &facts, &mut ctx.reached) {
+            Ok(p) => p,
+            Err(err) => return self.refuse(session, ctx, err).await,
+        };
+        if prepared.is_gateway_endpoint() {
+            return self.gateway_endpoint(session, ctx, &prepared).await;
+        }
+        // The connection loop serves only what the direct path forwards; a TLS upstream goes
+        // back to pingora_proxy now, before anything is counted, looked up or written.
+        if path == Path::Front
+            && policy::route(&prepared.tenant, &prepared.target.path)
+                .is_ok_and(|route| route.upstream.tls)
+        {
+            return Ok(Served::Proxy);
+        }
+
+        let identity = match self
+            .shared
+            .auth
+            .identity(&prepared.tenant, &session.req_header().headers, ctx.client)
+            .await
+        {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::error!("session lookup failed: {e}");
+                return self.refuse(session, ctx, RequestError::Unavailable).await;
+            }
+        };
+        let roles = identity.as_ref().map(|i| i.roles.as_slice());
+        match admit::decide(prepared.clone(), roles, &mut ctx.reached) {
+            Ok(admitted) => {
+                let budget = ctx.client.map_or(Ok(()), |ip| {
+                    rt.request_limits
+                        .check(&prepared.tenant.id, &admitted.route().id, ip)
+                });
+                if let Err(wait) = budget {
+                    self.shared.metrics.limiter_decision("route_rate");
+                    return self.too_many(session, ctx, wait).await;
+                }
+                let upstream_tls = admitted.route().upstream.tls;
+                ctx.admitted = Some(admitted);
+                ctx.identity = identity;
+                if direct::eligible(session, upstream_tls) {
+                    self.forward_direct(session, ctx).await?;
+                    return Ok(Served::Answered);
+                }
+                match path {
+                    Path::Proxy => Ok(Served::Proxy),
+                    // Unreachable (the loop passes only direct-path requests, TLS upstreams
+                    // went back above); the request was counted, so it cannot go back now.
+                    Path::Front => Error::e_explain(
+                        ErrorType::InternalError,
+                        "request not for the direct path after admission",
+                    ),
+                }
+            }
+            Err(RequestError::Unauthenticated) => {
+                let json =
+                    respond::wants_json(session.req_header().headers.get(http::header::ACCEPT));
+                let answer = flow::login_redirect_to(&prepared.target.path_and_query(), json);
+                respond::reply(session, answer, &rt.hsts).await?;
+                ctx.refused = Some(RequestError::Unauthenticated);
+                Ok(Served::Answered)
+            }
+            Err(err) => self.refuse(session, ctx, err).await,
+        }
+    }
+
+    /// Metrics and the audit trail of a finished request, on either path.
+    pub(crate) fn record(&self, session: &Session, ctx: &Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let (tenant, route) = match &ctx.admitted {
+            Some(a) => (a.prepared.tenant.id.as_str(), a.route().id.as_str()),
+            None => (
+                ctx.reached.tenant.as_ref().map_or("-", |t| t.id.as_str()),
+                ctx.reached.route.as_deref().unwrap_or("-"),
+            ),
+        };
+        self.shared.metrics.request(tenant, route, status);
+        if let Some(err) = &ctx.refused {
+            if let Some(kind) = audit_kind(err) {
+                let user_agent = session
+                    .req_header()
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                self.shared.audit.record(AuditEvent {
+                    time: self.shared.clock.now_utc(),
+                    tenant: ctx
+                        .reached
+                        .tenant
+                        .as_ref()
+                        .map_or(OPERATOR_TENANT.to_string(), |t| t.id.clone()),
+                    event: kind,
+                    actor: None,
+                    subject: ctx.reached.route.clone(),
+                    client_ip: ctx.client,
+                    user_agent,
+                    request_id: None,
+                    outcome: Outcome::Denied,
+                    reason: Some(err.code().to_string()),
+                });
+            }
+        }
+    }
+
     /// Send an admitted body-less GET/HEAD to its plain-HTTP upstream without pingora_proxy
     /// (see [`direct`]); failures come back as upstream errors for `fail_to_proxy`.
     async fn forward_direct(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
@@ -256,6 +399,25 @@ impl Gateway {
         })
         .await
     }
+}
+
+/// Who runs [`Gateway::serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// pingora_proxy's `request_filter`: a request it can forward itself.
+    Proxy,
+    /// The connection loop ([`front`]): a body-less GET or HEAD, which must be answered here
+    /// or handed back before anything happens.
+    Front,
+}
+
+/// How [`Gateway::serve`] left a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Answered, upstream response included: the request is done.
+    Answered,
+    /// Not answered and nothing done that counts: pingora_proxy forwards it.
+    Proxy,
 }
 
 /// Per-request state carried between phases.
@@ -288,84 +450,14 @@ impl ProxyHttp for Gateway {
         Ctx::default()
     }
 
-    /// Runs once the request header is read, before anything goes upstream; reads as the
-    /// flow: checks → gateway endpoints → authenticate → decide.
-    /// `Ok(true)`: we answered and the request ends here; `Ok(false)`: proxy it.
+    /// Runs once the request header is read, before anything goes upstream (see
+    /// [`Gateway::serve`]). `Ok(true)`: we answered and the request ends here; `Ok(false)`:
+    /// proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        let rt = self.shared.runtime.load_full();
-        ctx.runtime = Some(Arc::clone(&rt));
-        let peer = peer_ip(session);
-        let req = session.req_header();
-        ctx.client = peer.map(|p| admit::client_ip(&rt, p, &req.headers));
-        let sni = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|s| s.extension.get::<HandshakeInfo>())
-            .and_then(|h| h.sni.as_deref());
-        let authority = req.uri.authority().map(|a| a.as_str());
-        let raw_header = session
-            .as_downstream()
-            .as_http1()
-            .map(|h1| h1.get_headers_raw_bytes());
-        let facts = RequestFacts {
-            sni,
-            version: req.version,
-            headers: &req.headers,
-            raw_target: req.raw_path(),
-            authority,
-            header_bytes: admit::header_bytes(req.method.as_str(), req.raw_path(), &req.headers),
-            raw_header: raw_header.as_deref(),
-        };
-        let prepared = match admit::prepare(&rt, &facts, &mut ctx.reached) {
-            Ok(p) => p,
-            Err(err) => return self.refuse(session, ctx, err).await,
-        };
-        if prepared.is_gateway_endpoint() {
-            return self.gateway_endpoint(session, ctx, &prepared).await;
-        }
-
-        let identity = match self
-            .shared
-            .auth
-            .identity(&prepared.tenant, &session.req_header().headers, ctx.client)
-            .await
-        {
-            Ok(identity) => identity,
-            Err(e) => {
-                tracing::error!("session lookup failed: {e}");
-                return self.refuse(session, ctx, RequestError::Unavailable).await;
-            }
-        };
-        let roles = identity.as_ref().map(|i| i.roles.as_slice());
-        match admit::decide(prepared.clone(), roles, &mut ctx.reached) {
-            Ok(admitted) => {
-                let budget = ctx.client.map_or(Ok(()), |ip| {
-                    rt.request_limits
-                        .check(&prepared.tenant.id, &admitted.route().id, ip)
-                });
-                if let Err(wait) = budget {
-                    self.shared.metrics.limiter_decision("route_rate");
-                    return self.too_many(session, ctx, wait).await;
-                }
-                let upstream_tls = admitted.route().upstream.tls;
-                ctx.admitted = Some(admitted);
-                ctx.identity = identity;
-                if direct::eligible(session, upstream_tls) {
-                    self.forward_direct(session, ctx).await?;
-                    return Ok(true);
-                }
-                Ok(false)
-            }
-            Err(RequestError::Unauthenticated) => {
-                let json =
-                    respond::wants_json(session.req_header().headers.get(http::header::ACCEPT));
-                let answer = flow::login_redirect_to(&prepared.target.path_and_query(), json);
-                respond::reply(session, answer, &rt.hsts).await?;
-                ctx.refused = Some(RequestError::Unauthenticated);
-                Ok(true)
-            }
-            Err(err) => self.refuse(session, ctx, err).await,
-        }
+        Ok(matches!(
+            self.serve(session, ctx, Path::Proxy).await?,
+            Served::Answered
+        ))
     }
 
     /// Counts body bytes as they stream, so a chunked body is cut at the cap too.
@@ -491,41 +583,7 @@ impl ProxyHttp for Gateway {
 
     /// Runs last for every request: metrics and the audit trail.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let (tenant, route) = match &ctx.admitted {
-            Some(a) => (a.prepared.tenant.id.as_str(), a.route().id.as_str()),
-            None => (
-                ctx.reached.tenant.as_ref().map_or("-", |t| t.id.as_str()),
-                ctx.reached.route.as_deref().unwrap_or("-"),
-            ),
-        };
-        self.shared.metrics.request(tenant, route, status);
-        if let Some(err) = &ctx.refused {
-            if let Some(kind) = audit_kind(err) {
-                let user_agent = session
-                    .req_header()
-                    .headers
-                    .get(http::header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                self.shared.audit.record(AuditEvent {
-                    time: self.shared.clock.now_utc(),
-                    tenant: ctx
-                        .reached
-                        .tenant
-                        .as_ref()
-                        .map_or(OPERATOR_TENANT.to_string(), |t| t.id.clone()),
-                    event: kind,
-                    actor: None,
-                    subject: ctx.reached.route.clone(),
-                    client_ip: ctx.client,
-                    user_agent,
-                    request_id: None,
-                    outcome: Outcome::Denied,
-                    reason: Some(err.code().to_string()),
-                });
-            }
-        }
+        self.record(session, ctx);
     }
 
     /// What pingora's own error logs say about a request: never the query string, which

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ConnectionFilter;
-use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -21,11 +20,11 @@ use crate::auth::password::Hasher;
 use crate::clock::{Clock, SystemClock};
 use crate::config::ConfigErrors;
 use crate::config::{Config, LimiterStore};
+use crate::gateway::front::Front;
 use crate::gateway::redirect::RedirectApp;
 use crate::gateway::reload::Reloader;
 use crate::gateway::retention::Pruner;
 use crate::gateway::state::{ConfigSource, Runtime, Shared};
-use crate::gateway::Gateway;
 use crate::keys::{KeyError, MasterKey, Sealer};
 use crate::metrics::Metrics;
 use crate::ratelimit::requests::ConnectionLimit;
@@ -157,10 +156,9 @@ pub fn run(source: ConfigSource) -> Result<(), StartError> {
         _ => None,
     };
     for worker in 0..config.server.threads.max(1) {
-        let mut proxy = http_proxy_service_with_name(
-            &server.configuration,
-            Gateway::new(Arc::clone(&shared)),
-            &format!("portcullis data plane {worker}"),
+        let mut proxy = Service::new(
+            format!("portcullis data plane {worker}"),
+            Front::new(Arc::clone(&shared), &server.configuration),
         );
         proxy.threads = Some(1);
         let mut tls =

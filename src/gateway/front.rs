@@ -1,0 +1,186 @@
+//! The data plane's connection loop for HTTP/1.
+//!
+//! pingora_proxy runs each request as one large future (about 7 KB of state) that pingora
+//! boxes afresh for every request on a connection, moving the whole state into the heap each
+//! time, and then walks its cache, module and subrequest machinery around our filters;
+//! measured, that was about a tenth of the gateway's user-space CPU per request. Most requests
+//! need none of it: a body-less GET or HEAD to a plain-HTTP upstream goes over the direct path
+//! ([`super::direct`]) anyway.
+//!
+//! So the loop here reads each request header itself — with pingora's own HTTP/1 parser and
+//! session, the same as pingora_proxy would use — and serves such requests through
+//! [`Gateway::serve`] on a state that lives once per connection. Every other request (a body,
+//! an upgrade, CONNECT aside, a TLS upstream) and every HTTP/2 connection go to pingora_proxy
+//! unchanged: the connection is handed over, and [`Replay`] makes pingora_proxy read the
+//! request from its first byte, as if nothing had touched it. The decision to hand over is made
+//! before anything about the request is counted, looked up or written.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::{http_proxy, HttpProxy, ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
+use tokio::sync::Notify;
+
+use super::direct;
+use super::replay::Replay;
+use super::state::Shared;
+use super::{Ctx, Gateway, Path, Served};
+
+/// How long an idle client connection waits for its next request (pingora's default).
+const KEEPALIVE_SECS: u64 = 60;
+
+/// One worker's data-plane application: the HTTP/1 loop, with pingora_proxy behind it.
+pub struct Front {
+    gateway: Gateway,
+    proxy: Arc<HttpProxy<Gateway>>,
+    closing: AtomicBool,
+    closed: Notify,
+}
+
+impl Front {
+    /// The loop and its pingora_proxy over the same shared state.
+    pub fn new(shared: Arc<Shared>, conf: &Arc<ServerConf>) -> Self {
+        Self {
+            gateway: Gateway::new(Arc::clone(&shared)),
+            proxy: Arc::new(http_proxy(conf, Gateway::new(shared))),
+            closing: AtomicBool::new(false),
+            closed: Notify::new(),
+        }
+    }
+
+    /// Resolves once the service is shutting down.
+    async fn closing(&self) {
+        // Made before the flag is read, so a shutdown between the two is not missed.
+        let closed = self.closed.notified();
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        closed.await
+    }
+
+    /// Give the connection, with the request just read, to pingora_proxy.
+    async fn hand_over(
+        self: &Arc<Self>,
+        session: Session,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let ServerSession::H1(h1) = *session.downstream_session else {
+            return None;
+        };
+        let mut replay = h1.into_inner().into_any().downcast::<Replay>().ok()?;
+        if !replay.rewind() {
+            tracing::warn!("request too large to hand over; connection closed");
+            return None;
+        }
+        self.proxy.process_new(replay, shutdown).await
+    }
+}
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1)) {
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let mut replay = Box::new(Replay::new(stream));
+        let mut carried: Option<HttpPersistentSettings> = None;
+        let mut already: Option<bytes::BytesMut> = None;
+        loop {
+            replay.mark(already.as_deref().unwrap_or_default());
+            let mut session = Session::new_h1(replay);
+            let downstream = session.as_downstream_mut();
+            match carried.take() {
+                Some(settings) => settings.apply_to_session(downstream),
+                None => downstream.set_keepalive(Some(KEEPALIVE_SECS)),
+            }
+            if *shutdown.borrow() {
+                downstream.set_keepalive(None);
+            }
+
+            let read = tokio::select! {
+                // A request already buffered is served even when shutting down.
+                biased;
+                read = downstream.read_request() => read,
+                _ = self.closing() => return None,
+            };
+            match read {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    // As pingora_proxy answers a request it cannot parse.
+                    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                        tracing::debug!("unparsable request: {e}");
+                        if let Err(e) = session.respond_error(400).await {
+                            tracing::debug!("could not answer an unparsable request: {e}");
+                        }
+                    }
+                    session.as_downstream_mut().shutdown().await;
+                    return None;
+                }
+            }
+            // What the direct path forwards; CONNECT and all else go to pingora_proxy, which
+            // refuses or forwards them as before.
+            if !direct::simple(&mut session) {
+                return self.hand_over(session, shutdown).await;
+            }
+
+            let mut ctx = Ctx::default();
+            let reuse = match self
+                .gateway
+                .serve(&mut session, &mut ctx, Path::Front)
+                .await
+            {
+                Ok(Served::Answered) => {
+                    self.gateway.record(&session, &ctx);
+                    true
+                }
+                Ok(Served::Proxy) => return self.hand_over(session, shutdown).await,
+                Err(e) => {
+                    let failed = self.gateway.fail_to_proxy(&mut session, &e, &mut ctx).await;
+                    tracing::error!(
+                        "Fail to filter request: {e}, status: {}, {}",
+                        failed.error_code,
+                        self.gateway.request_summary(&session, &ctx)
+                    );
+                    self.gateway.record(&session, &ctx);
+                    failed.can_reuse_downstream
+                }
+            };
+            if !reuse {
+                return None;
+            }
+            let settings = HttpPersistentSettings::for_session(session.as_downstream());
+            let (stream, prefix) = session
+                .downstream_session
+                .finish()
+                .await
+                .ok()
+                .flatten()?
+                .into_parts();
+            replay = stream.into_any().downcast::<Replay>().ok()?;
+            let mut settings = settings;
+            if let Some(prefix) = &prefix {
+                settings.set_pipelined_prefix(prefix.clone());
+            }
+            already = prefix;
+            carried = Some(settings);
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closed.notify_waiters();
+        self.proxy.cleanup().await;
+    }
+}

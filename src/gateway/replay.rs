@@ -1,0 +1,294 @@
+//! A client connection that can read again what it has read since a mark.
+//!
+//! [`super::front`] reads each HTTP/1 request header itself, with pingora's parser, and serves
+//! the common case on its own. For any other request it hands the connection to pingora_proxy,
+//! which must then see the request from its first byte: this wrapper keeps a copy of every byte
+//! read since [`Replay::mark`], and after [`Replay::rewind`] returns those bytes again before
+//! reading on. Writes, TLS facts and digests pass straight through.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most a mark keeps: pingora refuses a request header past 1 MiB, and the read that
+/// completes it adds at most one buffer more. Past this the copy is dropped and
+/// [`Replay::rewind`] reports that it cannot replay.
+const MAX_KEPT: usize = 2 * 1024 * 1024;
+
+/// A client stream that remembers what it read since the last mark.
+pub struct Replay {
+    inner: Stream,
+    /// Bytes read since the mark, while `keeping`.
+    kept: BytesMut,
+    keeping: bool,
+    /// Set when `kept` outgrew [`MAX_KEPT`] and was dropped.
+    overflowed: bool,
+    /// Bytes to read again before reading `inner`.
+    again: Bytes,
+}
+
+impl Replay {
+    /// Wrap a client stream; nothing is kept until the first mark.
+    pub fn new(inner: Stream) -> Self {
+        Self {
+            inner,
+            kept: BytesMut::new(),
+            keeping: false,
+            overflowed: false,
+            again: Bytes::new(),
+        }
+    }
+
+    /// Start keeping from here, counting `already` (bytes read earlier that belong to what
+    /// follows) as kept.
+    pub fn mark(&mut self, already: &[u8]) {
+        self.kept.clear();
+        self.kept.extend_from_slice(already);
+        self.keeping = true;
+        self.overflowed = false;
+    }
+
+    /// Stop keeping; the next reads return everything kept since the mark, then read on.
+    /// `false` if the kept bytes were lost (over [`MAX_KEPT`]): the stream cannot replay.
+    pub fn rewind(&mut self) -> bool {
+        self.keeping = false;
+        if self.overflowed {
+            return false;
+        }
+        let kept = self.kept.split().freeze();
+        if self.again.is_empty() {
+            self.again = kept;
+        } else {
+            // Not all of an earlier replay was read yet; it comes after what was kept.
+            let mut both = BytesMut::with_capacity(kept.len() + self.again.len());
+            both.extend_from_slice(&kept);
+            both.extend_from_slice(&self.again);
+            self.again = both.freeze();
+        }
+        true
+    }
+}
+
+impl fmt::Debug for Replay {
+    // Never the kept bytes: they are a client's request, cookies and all.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replay")
+            .field("inner", &self.inner)
+            .field("kept", &self.kept.len())
+            .field("again", &self.again.len())
+            .finish()
+    }
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.again.is_empty() {
+            let n = this.again.len().min(buf.remaining());
+            buf.put_slice(&this.again[..n]);
+            this.again.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.keeping && !this.overflowed {
+            let read = &buf.filled()[before..];
+            if this.kept.len() + read.len() > MAX_KEPT {
+                this.overflowed = true;
+                this.kept = BytesMut::new();
+            } else {
+                this.kept.extend_from_slice(read);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Replay {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Replay {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Replay {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Replay {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Replay {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Replay {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+/// Peeking would have to see the replayed bytes too; nothing on a TLS connection peeks, so it
+/// is reported as unsupported (the trait's meaning of `Ok(false)`).
+#[async_trait]
+impl Peek for Replay {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair() -> (Replay, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        (Replay::new(Box::new(ours)), theirs)
+    }
+
+    #[tokio::test]
+    async fn reads_again_what_was_read_since_the_mark_then_reads_on() {
+        let (mut replay, mut peer) = pair();
+        peer.write_all(b"before|").await.unwrap();
+        let mut buf = [0u8; 7];
+        replay.read_exact(&mut buf).await.unwrap();
+        replay.mark(b"");
+        peer.write_all(b"POST / HTTP/1.1\r\n\r\nbody")
+            .await
+            .unwrap();
+        let mut first = vec![0u8; 23];
+        replay.read_exact(&mut first).await.unwrap();
+        assert!(replay.rewind());
+        peer.write_all(b"-rest").await.unwrap();
+        let mut again = vec![0u8; 28];
+        replay.read_exact(&mut again).await.unwrap();
+        assert_eq!(again, b"POST / HTTP/1.1\r\n\r\nbody-rest");
+    }
+
+    #[tokio::test]
+    async fn a_mark_counts_bytes_read_before_it_and_forgets_earlier_ones() {
+        let (mut replay, mut peer) = pair();
+        replay.mark(b"old");
+        peer.write_all(b"abc").await.unwrap();
+        let mut buf = [0u8; 3];
+        replay.read_exact(&mut buf).await.unwrap();
+        replay.mark(b"GE");
+        peer.write_all(b"T /").await.unwrap();
+        replay.read_exact(&mut buf).await.unwrap();
+        assert!(replay.rewind());
+        let mut again = [0u8; 5];
+        replay.read_exact(&mut again).await.unwrap();
+        assert_eq!(&again, b"GET /");
+    }
+
+    #[tokio::test]
+    async fn too_much_kept_means_no_replay() {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let mut replay = Replay::new(Box::new(ours));
+        replay.mark(b"");
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'a'; 64 * 1024];
+            for _ in 0..(MAX_KEPT / chunk.len() + 2) {
+                theirs.write_all(&chunk).await.unwrap();
+            }
+            theirs
+        });
+        let mut sink = vec![0u8; MAX_KEPT + 64 * 1024];
+        replay.read_exact(&mut sink).await.unwrap();
+        drop(writer.await.unwrap());
+        assert!(!replay.rewind());
+    }
+
+    #[tokio::test]
+    async fn writes_pass_through_and_debug_shows_no_bytes() {
+        let (mut replay, mut peer) = pair();
+        replay.mark(b"Cookie: secret");
+        replay.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        replay.flush().await.unwrap();
+        let mut buf = [0u8; 19];
+        peer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(!format!("{replay:?}").contains("secret"));
+    }
+}

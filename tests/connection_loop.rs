@@ -1,0 +1,206 @@
+//! The data plane's HTTP/1 connection loop (src/gateway/front.rs): the loop serves body-less
+//! GET and HEAD requests itself and hands every other request, with the rest of its connection,
+//! to pingora_proxy, which must read that request from its first byte (src/gateway/replay.rs).
+//! These tests mix both kinds on one keep-alive connection and split requests over TLS records
+//! in the ways that make the hand-over matter: header and body in one record, body later,
+//! chunked bodies, and requests that must not be served by the loop at all.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const ACME: &str = "acme.localhost";
+const KEEP: &[&str] = &["Connection: keep-alive"];
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn next(conn: &mut RawConn, what: &str) -> Response {
+    conn.read_response(WAIT).await.unwrap_or_else(|| {
+        panic!(
+            "no response to {what}: {:?}",
+            String::from_utf8_lossy(&conn.buf)
+        )
+    })
+}
+
+fn echoed(r: &Response, what: &str) -> Echo {
+    assert_eq!(r.status, 200, "{what}: {}", r.text());
+    r.echo()
+        .unwrap_or_else(|| panic!("{what}: not the echo backend's answer: {}", r.text()))
+}
+
+#[tokio::test]
+async fn gets_and_requests_with_bodies_share_one_connection() {
+    let gw = Gateway::start_default();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+
+    conn.send(&request_bytes("GET", "/first", ACME, KEEP, b""))
+        .await;
+    let e = echoed(&next(&mut conn, "GET /first").await, "GET /first");
+    assert_eq!((e.method.as_str(), e.path.as_str()), ("GET", "/first"));
+
+    // Header and body in one write: the bytes read past the header go over too.
+    conn.send(&request_bytes("POST", "/second", ACME, KEEP, b"hello body"))
+        .await;
+    let e = echoed(&next(&mut conn, "POST /second").await, "POST /second");
+    assert_eq!((e.method.as_str(), e.path.as_str()), ("POST", "/second"));
+    assert_eq!(e.body_len, 10);
+
+    // The rest of the connection, GET and HEAD included, is answered as before.
+    conn.send(&request_bytes("GET", "/third?q=1", ACME, KEEP, b""))
+        .await;
+    let e = echoed(&next(&mut conn, "GET /third").await, "GET /third");
+    assert_eq!(e.path, "/third?q=1");
+    conn.send(&request_bytes(
+        "PUT",
+        "/fourth",
+        ACME,
+        KEEP,
+        b"0123456789abcdef",
+    ))
+    .await;
+    let e = echoed(&next(&mut conn, "PUT /fourth").await, "PUT /fourth");
+    assert_eq!((e.method.as_str(), e.body_len), ("PUT", 16));
+    assert!(!conn.closed, "the connection was closed midway");
+}
+
+#[tokio::test]
+async fn a_body_sent_after_its_header_arrives_whole() {
+    let gw = Gateway::start_default();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(&request_bytes("GET", "/warm", ACME, KEEP, b""))
+        .await;
+    echoed(&next(&mut conn, "GET /warm").await, "GET /warm");
+
+    let head = format!(
+        "POST /later HTTP/1.1\r\nHost: {ACME}\r\nConnection: keep-alive\r\nContent-Length: 11\r\n\r\n"
+    );
+    conn.send(head.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.send(b"hello").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.send(b" world").await;
+    let e = echoed(&next(&mut conn, "POST /later").await, "POST /later");
+    assert_eq!((e.path.as_str(), e.body_len), ("/later", 11));
+}
+
+#[tokio::test]
+async fn a_chunked_body_split_over_writes_arrives_whole() {
+    let gw = Gateway::start_default();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(&request_bytes("GET", "/warm", ACME, KEEP, b""))
+        .await;
+    echoed(&next(&mut conn, "GET /warm").await, "GET /warm");
+
+    let first = format!(
+        "POST /chunked HTTP/1.1\r\nHost: {ACME}\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    );
+    conn.send(first.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.send(b"6\r\n world\r\n0\r\n\r\n").await;
+    let e = echoed(&next(&mut conn, "chunked POST").await, "chunked POST");
+    assert_eq!((e.path.as_str(), e.body_len), ("/chunked", 11));
+
+    conn.send(&request_bytes("GET", "/after", ACME, KEEP, b""))
+        .await;
+    let e = echoed(&next(&mut conn, "GET /after").await, "GET /after");
+    assert_eq!(e.path, "/after");
+}
+
+/// The attack: after a first request has been served by the loop, a second one on the same
+/// connection claims an identity. Whichever side serves it, the claim never reaches the backend.
+#[tokio::test]
+async fn identity_claims_after_the_hand_over_are_stripped() {
+    let gw = Gateway::start_default();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    let spoof = [
+        "Connection: keep-alive",
+        "X-Portcullis-User: admin",
+        "x_portcullis_roles: admin",
+        "X-Forwarded-For: 10.9.9.9",
+    ];
+    conn.send(&request_bytes("GET", "/one", ACME, &spoof, b""))
+        .await;
+    let first = echoed(&next(&mut conn, "GET /one").await, "GET /one");
+    conn.send(&request_bytes("POST", "/two", ACME, &spoof, b"x=1"))
+        .await;
+    let second = echoed(&next(&mut conn, "POST /two").await, "POST /two");
+    conn.send(&request_bytes("GET", "/three", ACME, &spoof, b""))
+        .await;
+    let third = echoed(&next(&mut conn, "GET /three").await, "GET /three");
+    for (what, e) in [("loop", first), ("hand-over", second), ("after", third)] {
+        for (name, value) in &e.headers {
+            let lower = name.to_ascii_lowercase().replace('_', "-");
+            assert!(
+                !(lower.starts_with("x-portcullis-") && lower != "x-portcullis-tenant"),
+                "{what}: {name}: {value} reached the backend"
+            );
+        }
+        assert_eq!(e.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{what}");
+        assert_eq!(e.header_all("x-portcullis-tenant"), vec!["acme"], "{what}");
+    }
+}
+
+/// Two requests in one write: the loop answers the first and closes (no pipelining), so the
+/// second is never served from bytes the loop read on the first's behalf.
+#[tokio::test]
+async fn a_request_riding_behind_a_get_is_not_served() {
+    let gw = Gateway::start_default();
+    let mut both = request_bytes("GET", "/front", ACME, KEEP, b"");
+    both.extend(request_bytes("GET", "/behind", ACME, KEEP, b""));
+    let reply = gw.raw(ACME, &both).await;
+    let responses = reply.responses();
+    assert_eq!(responses.len(), 1, "{}", reply.text());
+    assert_eq!(echoed(&responses[0], "first").path, "/front");
+    assert!(reply.closed);
+    assert!(!gw.backend_traffic().contains("/behind"));
+}
+
+/// A GET for a route whose upstream speaks TLS is not the loop's to serve: it goes to
+/// pingora_proxy, which talks TLS to the upstream. The upstream here answers anything with a
+/// plain-HTTP 200, so had the loop forwarded the request itself, in plain HTTP, the client would
+/// see 200; instead the upstream sees a TLS handshake, the handshake fails, and the answer is 502.
+#[tokio::test]
+async fn a_get_for_a_tls_upstream_is_left_to_pingora_proxy() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<u8>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut first = [0u8; 1];
+            if std::io::Read::read_exact(&mut conn, &mut first).is_ok() {
+                let _ = seen_tx.send(first[0]);
+            }
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nplain",
+            );
+        }
+    });
+    let gw = Gateway::start(Opts {
+        acme_policy_extra: route(
+            "tls",
+            "/tls",
+            &format!("https://127.0.0.1:{port}"),
+            "public",
+        ),
+        ..Opts::default()
+    });
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(&request_bytes("GET", "/plain", ACME, KEEP, b""))
+        .await;
+    echoed(&next(&mut conn, "GET /plain").await, "GET /plain");
+    conn.send(&request_bytes("GET", "/tls/x", ACME, KEEP, b""))
+        .await;
+    let r = next(&mut conn, "GET /tls/x").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let first = seen_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the upstream was never contacted");
+    assert_eq!(
+        first, 0x16,
+        "the upstream got plain bytes, not a TLS handshake record"
+    );
+}
