@@ -4,7 +4,8 @@
 //! the common case on its own. For any other request it hands the connection to pingora_proxy,
 //! which must then see the request from its first byte: this wrapper keeps a copy of every byte
 //! read since [`Replay::mark`], and after [`Replay::rewind`] returns those bytes again before
-//! reading on. Writes, TLS facts and digests pass straight through.
+//! reading on. Writes are held back until a flush, so that a small response goes out as one TLS
+//! record; TLS facts and digests pass straight through.
 
 use std::fmt;
 use std::io;
@@ -28,6 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// [`Replay::rewind`] reports that it cannot replay.
 const MAX_KEPT: usize = 2 * 1024 * 1024;
 
+/// The most held back from writing: one TLS record's worth of plaintext.
+const HOLD: usize = 16 * 1024;
+
 /// A client stream that remembers what it read since the last mark.
 pub struct Replay {
     inner: Stream,
@@ -38,6 +42,8 @@ pub struct Replay {
     overflowed: bool,
     /// Bytes to read again before reading `inner`.
     again: Bytes,
+    /// Bytes written but not yet passed on (see the `AsyncWrite` impl).
+    held: BytesMut,
 }
 
 impl Replay {
@@ -49,6 +55,7 @@ impl Replay {
             keeping: false,
             overflowed: false,
             again: Bytes::new(),
+            held: BytesMut::new(),
         }
     }
 
@@ -121,39 +128,68 @@ impl AsyncRead for Replay {
     }
 }
 
+impl Replay {
+    /// Write out what is held back, before a flush, a shutdown or a write that does not fit.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.held.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.held.advance(n);
+        }
+        // An idle connection keeps no large buffer.
+        if self.held.capacity() > HOLD / 4 {
+            self.held = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes are held back until a flush, up to [`HOLD`] bytes: pingora writes a response header
+/// and then its body, and flushes when a response must reach the client; over TLS each write
+/// was a record of its own. Held together, a small response is one record: one encryption,
+/// one record header, one write into the TLS layer. The buffered TCP stream under TLS already
+/// waits for the flush the same way, so nothing reaches the client later than before.
 impl AsyncWrite for Replay {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.held.len() + buf.len() > HOLD {
+            ready!(this.poll_drain(cx))?;
+        }
+        if buf.len() >= HOLD {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
 #[async_trait]
 impl Shutdown for Replay {
     async fn shutdown(&mut self) {
+        // What was written before an abrupt close still goes out first, as it would have
+        // from the buffered stream underneath.
+        if std::future::poll_fn(|cx| self.poll_drain(cx))
+            .await
+            .is_err()
+        {
+            tracing::debug!("client connection closed with unsent bytes");
+        }
         self.inner.shutdown().await
     }
 }
@@ -220,6 +256,8 @@ impl Peek for Replay {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn pair() -> (Replay, tokio::io::DuplexStream) {
@@ -278,6 +316,41 @@ mod tests {
         replay.read_exact(&mut sink).await.unwrap();
         drop(writer.await.unwrap());
         assert!(!replay.rewind());
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_a_flush_and_go_out_in_order() {
+        let (mut replay, mut peer) = pair();
+        replay.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        replay.write_all(b"\r\nbody").await.unwrap();
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(50), peer.read(&mut buf)).await;
+        assert!(early.is_err(), "bytes went out before the flush");
+        replay.flush().await.unwrap();
+        let mut got = [0u8; 23];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 200 OK\r\n\r\nbody");
+
+        // A write larger than what is held goes out behind what was held.
+        let big = vec![b'x'; HOLD + 10];
+        let mut got = vec![0u8; 4 + big.len()];
+        let reader = tokio::spawn(async move {
+            peer.read_exact(&mut got).await.unwrap();
+            (peer, got)
+        });
+        replay.write_all(b"head").await.unwrap();
+        replay.write_all(&big).await.unwrap();
+        replay.flush().await.unwrap();
+        let (mut peer, got) = reader.await.unwrap();
+        assert_eq!(&got[..4], b"head");
+        assert!(got[4..].iter().all(|&b| b == b'x'));
+
+        // An abrupt close still sends what was written before it.
+        replay.write_all(b"last").await.unwrap();
+        Shutdown::shutdown(&mut replay).await;
+        let mut last = [0u8; 4];
+        peer.read_exact(&mut last).await.unwrap();
+        assert_eq!(&last, b"last");
     }
 
     #[tokio::test]
