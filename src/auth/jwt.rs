@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -634,7 +634,7 @@ fn find_key(jwks: &Value, kid: &str) -> Result<VerifyingKey, JwtError> {
 /// half token lifetime instead of one per request.
 pub struct TokenCache {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: FastHash,
     shard_capacity: usize,
 }
 
@@ -653,10 +653,15 @@ impl Default for TokenCache {
     }
 }
 
+/// Seeded, fast hashing: the keys are session ids the gateway generated and route ids from the
+/// configuration, so no client chooses them, and SipHash's cost (three hashes per signed-in
+/// request) buys nothing here.
+type FastHash = foldhash::fast::RandomState;
+
 /// One lock's worth of the cache: sid → route (aud) → token.
 #[derive(Default)]
 struct Shard {
-    by_sid: HashMap<String, HashMap<String, Cached>>,
+    by_sid: HashMap<String, HashMap<String, Cached, FastHash>, FastHash>,
     len: usize,
 }
 
@@ -717,7 +722,7 @@ impl TokenCache {
             shards: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: FastHash::default(),
             shard_capacity: max_entries.div_ceil(CACHE_SHARDS).max(1),
         }
     }

@@ -84,7 +84,9 @@ struct Cached {
 /// Issues, finds and ends sessions.
 pub struct Sessions {
     store: Arc<dyn Store>,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Keyed by SHA-256 of the token: no client can aim keys at a bucket, so a fast seeded
+    /// hash is enough.
+    cache: Mutex<HashMap<[u8; 32], Cached, foldhash::fast::RandomState>>,
 }
 
 impl Sessions {
@@ -92,11 +94,13 @@ impl Sessions {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::default()),
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached>> {
+    fn cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached, foldhash::fast::RandomState>> {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

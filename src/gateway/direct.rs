@@ -11,7 +11,6 @@
 //! `fail_to_proxy` answers 502/504 exactly as for the other path.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -55,16 +54,34 @@ pub fn simple(session: &mut Session) -> bool {
         && session.is_body_empty()
 }
 
+/// Idle connections to one upstream address, newest last, with when they went idle.
+type Idle = Vec<(Stream, Instant)>;
+
 thread_local! {
-    /// Idle upstream connections of this worker thread, newest last, with when they went idle.
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<(Stream, Instant)>>> =
-        RefCell::new(HashMap::new());
+    /// Idle upstream connections of this worker thread, by upstream address. A list, not a
+    /// hash map: a configuration names few upstreams, and comparing a handful of addresses is
+    /// cheaper than hashing one.
+    static IDLE: RefCell<Vec<(SocketAddr, Idle)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn idle_for(pool: &mut Vec<(SocketAddr, Idle)>, addr: SocketAddr) -> &mut Idle {
+    let at = match pool.iter().position(|(a, _)| *a == addr) {
+        Some(at) => at,
+        None => {
+            pool.push((addr, Vec::new()));
+            pool.len() - 1
+        }
+    };
+    &mut pool[at].1
 }
 
 /// A pooled connection to `addr` that is still open and quiet, if any.
 fn pooled(addr: SocketAddr, idle: Duration) -> Option<Stream> {
     loop {
-        let (mut stream, since) = IDLE.with(|p| p.borrow_mut().get_mut(&addr)?.pop())?;
+        let (mut stream, since) = IDLE.with(|p| {
+            let mut pool = p.borrow_mut();
+            pool.iter_mut().find(|(a, _)| *a == addr)?.1.pop()
+        })?;
         if since.elapsed() >= idle {
             continue;
         }
@@ -82,7 +99,7 @@ fn pooled(addr: SocketAddr, idle: Duration) -> Option<Stream> {
 fn keep(addr: SocketAddr, stream: Stream) {
     IDLE.with(|p| {
         let mut pool = p.borrow_mut();
-        let idle = pool.entry(addr).or_default();
+        let idle = idle_for(&mut pool, addr);
         if idle.len() >= POOL_PER_UPSTREAM {
             idle.remove(0);
         }

@@ -277,6 +277,7 @@ impl Gateway {
         // The connection loop serves only what the direct path forwards; a TLS upstream goes
         // back to pingora_proxy now, before anything is counted, looked up or written.
         if path == Path::Front
+            && prepared.tenant.routes.iter().any(|r| r.upstream.tls)
             && policy::route(&prepared.tenant, &prepared.target.path)
                 .is_ok_and(|route| route.upstream.tls)
         {

@@ -145,9 +145,13 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
 
 /// The part of a segment before any `;` parameters (raw, or encoded as a normalized `%3B`).
 fn segment_name(segment: &str) -> &str {
-    let raw = segment.find(';').unwrap_or(segment.len());
-    let encoded = segment.find("%3B").unwrap_or(segment.len());
-    &segment[..raw.min(encoded)]
+    // One pass over the bytes: this runs for every segment of every route tried.
+    let bytes = segment.as_bytes();
+    let end = (0..bytes.len())
+        .find(|&i| bytes[i] == b';' || bytes[i..].starts_with(b"%3B"))
+        .unwrap_or(bytes.len());
+    // `end` is at an ASCII byte or the end, so a char boundary.
+    segment.get(..end).unwrap_or(segment)
 }
 
 /// Refuse bytes that have no place anywhere in a request target.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use crate::config::Tenant;
 use crate::error::RequestError;
 
-/// Host → tenant, built once per configuration.
+/// Host → tenant, built once per configuration. Looked up on every request, never added to
+/// from a request, so a fast seeded hash (not SipHash) is enough.
 #[derive(Debug, Default)]
 pub struct TenantIndex {
-    by_host: HashMap<String, Arc<Tenant>>,
+    by_host: HashMap<String, Arc<Tenant>, foldhash::fast::RandomState>,
 }
 
 impl TenantIndex {
