@@ -124,19 +124,41 @@ pub fn decide(
     roles: Option<&[String]>,
     reached: &mut Reached,
 ) -> Result<Admitted, RequestError> {
+    let choice = choose(&prepared, roles, reached)?;
+    Ok(Admitted::new(prepared, choice))
+}
+
+/// The route a prepared request may use, decided without taking the request: the caller
+/// still has it for its answer when the decision is no.
+pub fn choose(
+    prepared: &Prepared,
+    roles: Option<&[String]>,
+    reached: &mut Reached,
+) -> Result<Choice, RequestError> {
     let route = policy::route(&prepared.tenant, &prepared.target.path)?;
     reached.route = Some(route.id.clone());
     policy::authorize(&route.access, roles)?;
-    let index = prepared
+    prepared
         .tenant
         .routes
         .iter()
         .position(|r| std::ptr::eq(r, route))
-        .ok_or(RequestError::Internal)?;
-    Ok(Admitted {
-        prepared,
-        route: index,
-    })
+        .map(Choice)
+        .ok_or(RequestError::Internal)
+}
+
+/// A route [`choose`] allowed, as an index into the same request's tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice(usize);
+
+impl Admitted {
+    /// The request with the route `choose` allowed for it.
+    pub fn new(prepared: Prepared, choice: Choice) -> Self {
+        Self {
+            prepared,
+            route: choice.0,
+        }
+    }
 }
 
 /// The declared body length; framing checks already refused duplicates and garbage.

@@ -297,11 +297,12 @@ impl Gateway {
             }
         };
         let roles = identity.as_ref().map(|i| i.roles.as_slice());
-        match admit::decide(prepared.clone(), roles, &mut ctx.reached) {
-            Ok(admitted) => {
+        match admit::choose(&prepared, roles, &mut ctx.reached) {
+            Ok(choice) => {
+                let admitted = Admitted::new(prepared, choice);
                 let budget = ctx.client.map_or(Ok(()), |ip| {
                     rt.request_limits
-                        .check(&prepared.tenant.id, &admitted.route().id, ip)
+                        .check(&admitted.prepared.tenant.id, &admitted.route().id, ip)
                 });
                 if let Err(wait) = budget {
                     self.shared.metrics.limiter_decision("route_rate");
