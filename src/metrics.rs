@@ -1,12 +1,19 @@
 //! Prometheus metrics, served by the operator listener at `/metrics`.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the gateway exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// Tells this set's handles apart from another's in [`HANDLES`] (clones share it, as they
+    /// share the metrics themselves).
+    id: u64,
     registry: Registry,
     requests: IntCounterVec,
     upstream_latency: HistogramVec,
@@ -63,7 +70,9 @@ impl Metrics {
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(tls_handshakes.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             upstream_latency,
@@ -76,16 +85,42 @@ impl Metrics {
     /// Count one answered request. Unknown tenants and routes are labelled `-` so a scan of
     /// random hosts cannot grow the label set without bound.
     pub fn request(&self, tenant: &str, route: &str, status: u16) {
-        self.requests
-            .with_label_values(&[tenant, route, status_label(status)])
-            .inc();
+        HANDLES.with(|h| {
+            let mut handles = h.borrow_mut();
+            let key = |k: &Key| k.is(self.id, tenant, route, status);
+            if let Some((_, counter)) = handles.requests.iter().find(|(k, _)| key(k)) {
+                counter.inc();
+                return;
+            }
+            let counter = self
+                .requests
+                .with_label_values(&[tenant, route, status_label(status)]);
+            counter.inc();
+            remember(
+                &mut handles.requests,
+                Key::new(self.id, tenant, route, status),
+                counter,
+            );
+        });
     }
 
     /// Record how long the upstream took to answer.
     pub fn upstream_latency(&self, tenant: &str, route: &str, seconds: f64) {
-        self.upstream_latency
-            .with_label_values(&[tenant, route])
-            .observe(seconds);
+        HANDLES.with(|h| {
+            let mut handles = h.borrow_mut();
+            let key = |k: &Key| k.is(self.id, tenant, route, 0);
+            if let Some((_, histogram)) = handles.latency.iter().find(|(k, _)| key(k)) {
+                histogram.observe(seconds);
+                return;
+            }
+            let histogram = self.upstream_latency.with_label_values(&[tenant, route]);
+            histogram.observe(seconds);
+            remember(
+                &mut handles.latency,
+                Key::new(self.id, tenant, route, 0),
+                histogram,
+            );
+        });
     }
 
     /// Count one completed TLS handshake.
@@ -122,6 +157,56 @@ impl Metrics {
 
 /// Status codes as labels: the real code for 100–599, anything else one bucket, so a label
 /// set can never grow without bound.
+/// Handles per thread kept for the two metrics every request touches.
+const HANDLES_KEPT: usize = 32;
+
+thread_local! {
+    /// The label handles this thread used last. Finding a handle through prometheus hashes
+    /// the label values and takes a lock and a reference count that every worker shares; a
+    /// handle kept here is used with no more than the metric's own atomic update.
+    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
+}
+
+#[derive(Default)]
+struct Handles {
+    requests: Vec<(Key, IntCounter)>,
+    latency: Vec<(Key, Histogram)>,
+}
+
+/// Which label set a kept handle is for (status 0 for the latency histogram).
+struct Key {
+    metrics: u64,
+    status: u16,
+    tenant: Box<str>,
+    route: Box<str>,
+}
+
+impl Key {
+    fn new(metrics: u64, tenant: &str, route: &str, status: u16) -> Self {
+        Self {
+            metrics,
+            status,
+            tenant: tenant.into(),
+            route: route.into(),
+        }
+    }
+
+    fn is(&self, metrics: u64, tenant: &str, route: &str, status: u16) -> bool {
+        self.metrics == metrics
+            && self.status == status
+            && *self.tenant == *tenant
+            && *self.route == *route
+    }
+}
+
+/// Keep a handle, forgetting the oldest past [`HANDLES_KEPT`].
+fn remember<T>(kept: &mut Vec<(Key, T)>, key: Key, handle: T) {
+    if kept.len() >= HANDLES_KEPT {
+        kept.remove(0);
+    }
+    kept.push((key, handle));
+}
+
 fn status_label(status: u16) -> &'static str {
     static LABELS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let labels = LABELS.get_or_init(|| (100..600).map(|s: u16| s.to_string()).collect());
@@ -140,6 +225,43 @@ mod tests {
         assert_eq!(status_label(404), "404");
         assert_eq!(status_label(0), "other");
         assert_eq!(status_label(999), "other");
+    }
+
+    #[test]
+    fn kept_handles_count_for_their_own_metrics_and_labels() {
+        let a = Metrics::new().expect("metrics");
+        let b = Metrics::new().expect("metrics");
+        for _ in 0..3 {
+            a.request("acme", "public", 200);
+        }
+        a.request("acme", "public", 404);
+        a.request("acme", "app", 200);
+        b.request("acme", "public", 200);
+        a.upstream_latency("acme", "public", 0.001);
+        a.upstream_latency("acme", "public", 0.002);
+        b.upstream_latency("acme", "app", 0.001);
+        // More label sets than are kept: the oldest handles are dropped, counts stay right.
+        for i in 0..(HANDLES_KEPT + 5) {
+            a.request("globex", &format!("r{i}"), 200);
+        }
+        a.request("acme", "public", 200);
+        let count = |m: &Metrics, labels: &[&str]| m.requests.with_label_values(labels).get();
+        assert_eq!(count(&a, &["acme", "public", "200"]), 4);
+        assert_eq!(count(&a, &["acme", "public", "404"]), 1);
+        assert_eq!(count(&a, &["acme", "app", "200"]), 1);
+        assert_eq!(count(&b, &["acme", "public", "200"]), 1);
+        assert_eq!(count(&a, &["globex", "r0", "200"]), 1);
+        let samples = |m: &Metrics, labels: &[&str]| {
+            m.upstream_latency
+                .with_label_values(labels)
+                .get_sample_count()
+        };
+        assert_eq!(samples(&a, &["acme", "public"]), 2);
+        assert_eq!(samples(&b, &["acme", "app"]), 1);
+        assert_eq!(samples(&a, &["acme", "app"]), 0);
+        // A clone is the same set of metrics.
+        a.clone().request("acme", "public", 200);
+        assert_eq!(count(&a, &["acme", "public", "200"]), 5);
     }
 
     #[test]
