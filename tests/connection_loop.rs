@@ -30,6 +30,16 @@ fn echoed(r: &Response, what: &str) -> Echo {
         .unwrap_or_else(|| panic!("{what}: not the echo backend's answer: {}", r.text()))
 }
 
+/// A keep-alive connection whose first request, a GET, the loop has already served.
+async fn served_once(gw: &Gateway) -> RawConn {
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(&request_bytes("GET", "/warm", ACME, KEEP, b""))
+        .await;
+    let e = echoed(&next(&mut conn, "GET /warm").await, "GET /warm");
+    assert_eq!(e.path, "/warm");
+    conn
+}
+
 #[tokio::test]
 async fn gets_and_requests_with_bodies_share_one_connection() {
     let gw = Gateway::start_default();
@@ -68,10 +78,7 @@ async fn gets_and_requests_with_bodies_share_one_connection() {
 #[tokio::test]
 async fn a_body_sent_after_its_header_arrives_whole() {
     let gw = Gateway::start_default();
-    let mut conn = gw.raw_connect(ACME).await.expect("connect");
-    conn.send(&request_bytes("GET", "/warm", ACME, KEEP, b""))
-        .await;
-    echoed(&next(&mut conn, "GET /warm").await, "GET /warm");
+    let mut conn = served_once(&gw).await;
 
     let head = format!(
         "POST /later HTTP/1.1\r\nHost: {ACME}\r\nConnection: keep-alive\r\nContent-Length: 11\r\n\r\n"
@@ -88,10 +95,7 @@ async fn a_body_sent_after_its_header_arrives_whole() {
 #[tokio::test]
 async fn a_chunked_body_split_over_writes_arrives_whole() {
     let gw = Gateway::start_default();
-    let mut conn = gw.raw_connect(ACME).await.expect("connect");
-    conn.send(&request_bytes("GET", "/warm", ACME, KEEP, b""))
-        .await;
-    echoed(&next(&mut conn, "GET /warm").await, "GET /warm");
+    let mut conn = served_once(&gw).await;
 
     let first = format!(
         "POST /chunked HTTP/1.1\r\nHost: {ACME}\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
@@ -188,10 +192,7 @@ async fn a_get_for_a_tls_upstream_is_left_to_pingora_proxy() {
         ),
         ..Opts::default()
     });
-    let mut conn = gw.raw_connect(ACME).await.expect("connect");
-    conn.send(&request_bytes("GET", "/plain", ACME, KEEP, b""))
-        .await;
-    echoed(&next(&mut conn, "GET /plain").await, "GET /plain");
+    let mut conn = served_once(&gw).await;
     conn.send(&request_bytes("GET", "/tls/x", ACME, KEEP, b""))
         .await;
     let r = next(&mut conn, "GET /tls/x").await;

@@ -69,22 +69,14 @@ impl Replay {
     }
 
     /// Stop keeping; the next reads return everything kept since the mark, then read on.
-    /// `false` if the kept bytes were lost (over [`MAX_KEPT`]): the stream cannot replay.
+    /// A stream replays once (a connection is handed over once). `false` if it cannot: the
+    /// kept bytes were lost (over [`MAX_KEPT`]) or an earlier replay is still unread.
     pub fn rewind(&mut self) -> bool {
         self.keeping = false;
-        if self.overflowed {
+        if self.overflowed || !self.again.is_empty() {
             return false;
         }
-        let kept = self.kept.split().freeze();
-        if self.again.is_empty() {
-            self.again = kept;
-        } else {
-            // Not all of an earlier replay was read yet; it comes after what was kept.
-            let mut both = BytesMut::with_capacity(kept.len() + self.again.len());
-            both.extend_from_slice(&kept);
-            both.extend_from_slice(&self.again);
-            self.again = both.freeze();
-        }
+        self.again = self.kept.split().freeze();
         true
     }
 }
@@ -298,6 +290,22 @@ mod tests {
         let mut again = [0u8; 5];
         replay.read_exact(&mut again).await.unwrap();
         assert_eq!(&again, b"GET /");
+    }
+
+    #[tokio::test]
+    async fn a_stream_replays_once() {
+        let (mut replay, mut peer) = pair();
+        replay.mark(b"");
+        peer.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 3];
+        replay.read_exact(&mut buf).await.unwrap();
+        assert!(replay.rewind());
+        assert!(
+            !replay.rewind(),
+            "a second rewind before the first replay was read"
+        );
+        replay.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"GET");
     }
 
     #[tokio::test]
