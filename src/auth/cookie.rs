@@ -113,6 +113,41 @@ mod tests {
     }
 
     #[test]
+    fn pairs_are_trimmed_and_empty_ones_skipped() {
+        let h = headers(&[
+            " a= 1 ;; \tb=2;;",
+            "c;d=;  ",
+            "=e; __Host-portcullis = tok ",
+        ]);
+        assert_eq!(single(&h, "a"), Some("1"));
+        assert_eq!(single(&h, "b"), Some("2"));
+        assert_eq!(single(&h, "d"), None, "an empty value is no value");
+        assert_eq!(
+            values(&h, "c").count(),
+            0,
+            "a pair without `=` has no value"
+        );
+        // A space before `=` makes another name: not our session, but never forwarded either.
+        assert_eq!(single(&h, SESSION), None);
+        assert_eq!(
+            without_gateway_cookies(&h).as_deref(),
+            Some("a= 1; b=2; c; d=; =e")
+        );
+    }
+
+    #[test]
+    fn a_header_with_bytes_outside_visible_ascii_is_skipped_whole() {
+        let mut h = HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_bytes(b"__Host-portcullis=\xfftok; a=1").expect("obs-text"),
+        );
+        h.append(http::header::COOKIE, http::HeaderValue::from_static("b=2"));
+        assert_eq!(single(&h, SESSION), None);
+        assert_eq!(without_gateway_cookies(&h).as_deref(), Some("b=2"));
+    }
+
+    #[test]
     fn set_cookie_has_every_protection() {
         let c = set(SESSION, "v", "Lax");
         for part in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
