@@ -32,7 +32,7 @@ use super::pages::{self, LoginPage};
 use super::password::{self, Hasher};
 use super::reply::Reply;
 use super::return_to;
-use super::session::{new_token, Identity, Lookup, Sessions};
+use super::session::{new_token, Identity, Lookup, Miss, Sessions};
 use crate::audit::{AuditEvent, AuditSink, EventKind, Outcome};
 use crate::clock::Clock;
 use crate::config::{MfaPolicy, Tenant};
@@ -462,13 +462,23 @@ impl Auth {
         let Some(token) = cookie::single(headers, SESSION) else {
             return Ok(Lookup::None);
         };
-        let now = self.clock.unix_secs();
-        if let Some(identity) = self.sessions.cached(tenant, token, now) {
-            return Ok(Lookup::Live(identity));
-        }
+        let (now, lookup) = loop {
+            let now = self.clock.unix_secs();
+            if let Some(identity) = self.sessions.cached(tenant, token, now) {
+                return Ok(Lookup::Live(identity));
+            }
+            match self.sessions.miss(token) {
+                Miss::Malformed => return Ok(Lookup::None),
+                // Then the cache again: the lookup it waited for may have filled it.
+                Miss::Wait(done) => done.await,
+                Miss::Lead(lookup) => break (now, lookup),
+            }
+        };
         let sessions = Arc::clone(&self.sessions);
         let (tenant_owned, token) = (tenant.clone(), token.to_string());
-        let found = Self::blocking(move || sessions.lookup(&tenant_owned, &token, now)).await?;
+        let found = Self::blocking(move || sessions.lookup(&tenant_owned, &token, now)).await;
+        drop(lookup);
+        let found = found?;
         if let Lookup::Ended(s) = &found {
             self.audit.record(AuditEvent {
                 actor: Some(s.username.clone()),

@@ -199,7 +199,13 @@ const ISSUER_SCHEME: &str = "https://";
 /// then refuses another tenant's token for a route of the same name. Tenant ids hold no `/`,
 /// so the split is unambiguous.
 pub fn audience(tenant: &str, route_id: &str) -> String {
-    format!("{tenant}/{route_id}")
+    // Built by hand: every signed-in request makes one, and `format!` costs more than the
+    // copy itself.
+    let mut aud = String::with_capacity(tenant.len() + 1 + route_id.len());
+    aud.push_str(tenant);
+    aud.push('/');
+    aud.push_str(route_id);
+    aud
 }
 
 /// One signing key.

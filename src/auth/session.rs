@@ -9,13 +9,22 @@
 //! validated session is cached for at most [`CACHE_TTL`]. Ending a session through this
 //! process removes it from the cache at once; an operator revoking sessions from the CLI (a
 //! different process) takes effect within [`CACHE_TTL`].
+//!
+//! When a busy session's cached validation expires, the requests that arrive while it is being
+//! checked again wait for that one store lookup ([`Sessions::miss`]) instead of each making
+//! their own: without this, every second each busy session sent a burst of identical lookups
+//! to the store, each on a blocking thread of its own.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine;
+use http::HeaderValue;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 use crate::config::Tenant;
 use crate::store::{Session, Stage, Store, StoreError};
@@ -62,6 +71,23 @@ pub struct Identity {
     pub session: Session,
     /// The user's current roles.
     pub roles: Vec<String>,
+    /// `X-Portcullis-User` and `X-Portcullis-Roles` as they go upstream, made once per
+    /// validation instead of once per request. `None` when the name or a role cannot be a
+    /// header value; such an identity is never forwarded.
+    pub upstream_headers: Option<(HeaderValue, HeaderValue)>,
+}
+
+impl Identity {
+    /// The identity of `session`'s user holding `roles`.
+    pub fn new(session: Session, roles: Vec<String>) -> Self {
+        let user = HeaderValue::from_str(&session.username).ok();
+        let listed = HeaderValue::from_str(&roles.join(",")).ok();
+        Self {
+            upstream_headers: user.zip(listed),
+            session,
+            roles,
+        }
+    }
 }
 
 /// What a presented session cookie turned out to be.
@@ -81,12 +107,58 @@ struct Cached {
     checked_at: u64,
 }
 
+type FastMap<V> = HashMap<[u8; 32], V, foldhash::fast::RandomState>;
+
 /// Issues, finds and ends sessions.
 pub struct Sessions {
     store: Arc<dyn Store>,
     /// Keyed by SHA-256 of the token: no client can aim keys at a bucket, so a fast seeded
     /// hash is enough.
-    cache: Mutex<HashMap<[u8; 32], Cached, foldhash::fast::RandomState>>,
+    cache: Mutex<FastMap<Cached>>,
+    /// Store lookups under way, by token hash, with the requests waiting for them.
+    in_flight: Mutex<FastMap<Arc<Notify>>>,
+}
+
+/// What a request does when [`Sessions::cached`] has no answer for its token.
+#[derive(Debug)]
+pub enum Miss {
+    /// The token cannot be one of ours: no session, without asking the store.
+    Malformed,
+    /// Ask the store ([`Sessions::lookup`]); dropping the guard lets the waiting requests go.
+    Lead(InFlight),
+    /// Another request is asking the store for this token: wait, then try the cache again.
+    Wait(OwnedNotified),
+}
+
+/// A store lookup under way. Dropped when it ends (or is abandoned), which wakes the requests
+/// waiting for it; they find its result in the cache or, failing that, look again themselves.
+#[derive(Debug)]
+pub struct InFlight {
+    sessions: Arc<Sessions>,
+    hash: [u8; 32],
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let waiting = lock(&self.sessions.in_flight).remove(&self.hash);
+        if let Some(waiting) = waiting {
+            waiting.notify_waiters();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys are token hashes: only counts are shown.
+        f.debug_struct("Sessions")
+            .field("cached", &lock(&self.cache).len())
+            .field("in_flight", &lock(&self.in_flight).len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sessions {
@@ -95,13 +167,32 @@ impl Sessions {
         Self {
             store,
             cache: Mutex::new(HashMap::default()),
+            in_flight: Mutex::new(HashMap::default()),
         }
     }
 
-    fn cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached, foldhash::fast::RandomState>> {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    fn cache(&self) -> std::sync::MutexGuard<'_, FastMap<Cached>> {
+        lock(&self.cache)
+    }
+
+    /// After a cache miss for `token`: lead the store lookup for it, or wait for the one
+    /// already under way.
+    pub fn miss(self: &Arc<Self>, token: &str) -> Miss {
+        if !well_formed(token) {
+            return Miss::Malformed;
+        }
+        let hash = token_hash(token);
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(waiting) = in_flight.get(&hash) {
+            // Registered before the lookup's guard can remove the entry and notify, so the
+            // wake-up cannot be missed.
+            return Miss::Wait(Arc::clone(waiting).notified_owned());
+        }
+        in_flight.insert(hash, Arc::new(Notify::new()));
+        Miss::Lead(InFlight {
+            sessions: Arc::clone(self),
+            hash,
+        })
     }
 
     /// Start a session for `username` of `tenant` at `stage`; returns the cookie token.
@@ -163,10 +254,7 @@ impl Sessions {
             self.store.touch_session(&hash, now)?;
             session.last_seen = now;
         }
-        let identity = Arc::new(Identity {
-            session,
-            roles: user.roles,
-        });
+        let identity = Arc::new(Identity::new(session, user.roles));
         if identity.session.stage == Stage::Active {
             let mut cache = self.cache();
             if cache.len() >= CACHE_MAX {
@@ -257,6 +345,45 @@ mod tests {
             })
             .expect("user");
         Sessions::new(Arc::new(store))
+    }
+
+    #[tokio::test]
+    async fn one_store_lookup_at_a_time_per_token() {
+        use std::time::Duration;
+        let sessions = Arc::new(sessions_with_user("acme"));
+        let token = new_token();
+        let Miss::Lead(lead) = sessions.miss(&token) else {
+            panic!("the first miss asks the store");
+        };
+        let Miss::Wait(waiting) = sessions.miss(&token) else {
+            panic!("a second miss for the same token waits for it");
+        };
+        let Miss::Wait(also_waiting) = sessions.miss(&token) else {
+            panic!("so does a third");
+        };
+        assert!(
+            matches!(sessions.miss(&new_token()), Miss::Lead(_)),
+            "another token has its own lookup"
+        );
+        assert!(matches!(sessions.miss("not-a-token"), Miss::Malformed));
+
+        let mut waiting = Box::pin(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut waiting)
+                .await
+                .is_err(),
+            "nobody is let go while the lookup runs"
+        );
+        drop(lead);
+        for w in [waiting, Box::pin(also_waiting)] {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("every waiter is let go when the lookup ends");
+        }
+        assert!(
+            matches!(sessions.miss(&token), Miss::Lead(_)),
+            "once it has ended, the next miss asks the store again"
+        );
     }
 
     #[test]

@@ -223,10 +223,9 @@ impl Gateway {
                         format!("cannot sign identity: {e}"),
                     )
                 })?;
-            let user = HeaderValue::from_str(&identity.session.username)
-                .map_err(|_| invalid("user name"))?;
-            let roles =
-                HeaderValue::from_str(&identity.roles.join(",")).map_err(|_| invalid("roles"))?;
+            let Some((user, roles)) = identity.upstream_headers.clone() else {
+                return Err(invalid("user name or roles"));
+            };
             parts.headers.insert(IDENTITY_USER, user);
             parts.headers.insert(IDENTITY_ROLES, roles);
             parts.headers.insert(IDENTITY_JWT, token);

@@ -60,10 +60,7 @@ impl Auth {
                     let store = Arc::clone(&self.store);
                     let hash = id.session.token_hash;
                     let fresh = Self::blocking(move || store.session(&hash)).await?;
-                    fresh.map(|session| Identity {
-                        session,
-                        roles: id.roles.clone(),
-                    })
+                    fresh.map(|session| Identity::new(session, id.roles.clone()))
                 }
                 _ => None,
             },
