@@ -361,8 +361,15 @@ sign_in() {
         -d '{"username":"bench","password":"bench-user-passphrase-1"}' \
         "https://$HOST:$GW_PORT/.auth/login" | sed -n 's/^set-cookie: \(__Host-portcullis=[^;]*\).*/\1/ip' | head -n 1)
     [ -n "$SESSION_COOKIE" ] || die "could not sign in the benchmark user"
-    curl -sS --cacert "$TMP/certs/ca.crt" --resolve "$HOST:$GW_PORT:127.0.0.1" -H "Cookie: $SESSION_COOKIE" \
-        "https://$HOST:$GW_PORT/app/" | grep -q x-portcullis-jwt || die "the signed-in request did not carry an upstream JWT"
+    local echoed jwt
+    echoed=$(curl -sS --cacert "$TMP/certs/ca.crt" --resolve "$HOST:$GW_PORT:127.0.0.1" -H "Cookie: $SESSION_COOKIE" \
+        "https://$HOST:$GW_PORT/app/")
+    jwt=$(printf '%s' "$echoed" | sed -n 's/.*\["x-portcullis-jwt","\([^"]*\)"\].*/\1/p')
+    [ -n "$jwt" ] || die "the signed-in request did not carry an upstream JWT"
+    # Only lengths leave this function: the reference row sends stand-ins of the same sizes.
+    JWT_LEN=${#jwt}
+    local name=${SESSION_COOKIE%%=*} value=${SESSION_COOKIE#*=}
+    DUMMY_COOKIE="$name=$(head -c "${#value}" /dev/zero | tr '\0' x)"
 }
 
 # Measure a target while a wrong-password flood runs beside it.
@@ -417,6 +424,7 @@ start_nginx() {
         -e "s|@CERTS@|$TMP/certs|g" \
         -e "s|@ECHO_PORT@|$ECHO_PORT|g" \
         -e "s|@PORT@|$NGINX_PORT|g" \
+        -e "s|@JWT_SIZED@|$(head -c "$JWT_LEN" /dev/zero | tr '\0' x)|" \
         "$BENCH_DIR/nginx.conf.in" >"$TMP/nginx.conf"
     # -e: log startup errors here too, not to /var/log/nginx (nginx >= 1.19.5).
     local nginx_args=(-p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log")
@@ -434,13 +442,16 @@ main() {
     make_certs
     start_echo
     start_gateway
+    # Before nginx: its reference location is sized after the gateway's JWT.
+    sign_in
     start_nginx
 
     CPU_OF=$ECHO_PID bench_target "backend direct (HTTP)" "http://127.0.0.1:$ECHO_PORT/"
     CPU_OF=$GW_PID bench_target "portcullis (TLS 1.3)" "https://$HOST:$GW_PORT/"
     CPU_OF=$NGINX_PID bench_target "nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/||p') (TLS 1.3)" "https://$HOST:$NGINX_PORT/"
-    sign_in
     CPU_OF=$GW_PID bench_target "portcullis, signed in /app/ (session + JWT injected)" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
+    CPU_OF=$NGINX_PID bench_target "nginx, /app/ carrying the same bytes (reference: cookie dropped, fixed identity headers of the same sizes)" \
+        "https://$HOST:$NGINX_PORT/app/" -H "Cookie: $DUMMY_COOKIE"
     # The gateway's CPU here includes the flood's password hashing.
     bench_under_flood "portcullis, signed in /app/, during a wrong-password flood" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
     CPU_OF=$GW_PID bench_login
