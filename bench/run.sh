@@ -10,7 +10,9 @@
 #       lookup + upstream JWT injected), alone and beside a wrong-password flood (bench/flood.lua:
 #       rotating X-Forwarded-For addresses and usernames, so every attempt costs a full argon2id
 #       verification);
-#   (e) password sign-ins per second (bench/login.lua: the right password, a new session each).
+#   (e) password sign-ins per second (bench/login.lua: the right password, a new session each);
+#   (f) for reference, through nginx to /app/ with the cookie dropped and fixed identity headers of
+#       the gateway's sizes added, so that client, proxy and backend carry the same bytes as in (d).
 # Load: wrk -t THREADS -c CONNECTIONS -d DURATION --latency, HTTP/1.1 keep-alive, GET /, after
 # an unrecorded warm-up of WARMUP. Besides rps and latency, each row gives the server's own CPU
 # time per request (from /proc, over the recorded run). Every process runs on this machine and shares its cores with
@@ -21,11 +23,18 @@
 # with getaddrinfo, which does not map *.localhost; /etc/hosts is never edited). curl checks
 # use --resolve for the same effect.
 #
-# Settings (environment): DURATION=10s WARMUP=2s (0 = none) THREADS=2 CONNECTIONS=64 WORKERS=2
+# Rounds: targets (a)-(d) and (f) run in ROUNDS interleaved rounds (each round runs each of them
+# once, one after another, each round starting one target later, so with 5 rounds each target
+# runs once in every position), and each figure is the median of its rounds. This VM's speed
+# drifts by a quarter within a minute; one run per target compared whichever target ran through
+# a slow spell. The notes give every round's ratio.
+#
+# Settings (environment): DURATION=5s ROUNDS=5 WARMUP=2s (0 = none) THREADS=2 CONNECTIONS=64 WORKERS=2
 #   READY_TIMEOUT=30 (seconds) PORTCULLIS_BIN=<path> (default target/release/portcullis)
 #   KEEP_TMP=1 keeps the temp dir (configs, logs, raw wrk output).
 #
-# Adding a scenario is one call in main(): `bench_target LABEL URL [extra wrk args...]`,
+# Adding a scenario: a `measure KEY URL [extra wrk args...]` line in main()'s rounds and an
+# `emit_row KEY LABEL` after them, or, for a single run, `bench_target LABEL URL [args...]`,
 # e.g. `bench_target "portcullis, authenticated" "https://acme.localhost:$GW_PORT/app/" -H "Cookie: ..."`.
 set -euo pipefail
 
@@ -35,7 +44,8 @@ target_dir=${CARGO_TARGET_DIR:-target}
 case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
 BIN=${PORTCULLIS_BIN:-$target_dir/release/portcullis}
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -191,28 +201,35 @@ proc_ticks() {
         END { printf "%d\n", ticks }'
 }
 
-# bench_target LABEL URL [extra wrk args...] — one warm-up + one recorded wrk run, one table row.
+# Tallies per target key, over its rounds: rps, p50 and p99 (space-separated, one per round),
+# requests and CPU ticks (summed), non-2xx counts and socket errors (for the notes).
+declare -A T_RPS T_P50 T_P99 T_TOTAL T_TICKS T_CPU T_NON2XX T_ERRS
+RUNS=0
+
+# measure KEY URL [extra wrk args...] — one recorded wrk run against URL, added to KEY's tally;
+# with WARM=1 (environment) an unrecorded warm-up of WARMUP goes first.
 # CPU_OF (environment, optional): the PIDs of the server under test, whose CPU time per request
-# over the recorded run goes in the row.
-bench_target() {
-    local label=$1 url=$2
+# over the recorded runs goes in the row.
+measure() {
+    local key=$1 url=$2
     shift 2
-    local n=${#ROWS[@]} out limit
-    out="$TMP/wrk-$n.txt"
+    local out limit
+    RUNS=$((RUNS + 1))
+    out="$TMP/wrk-$RUNS-$key.txt"
     local wrk_cmd=(wrk -t"$THREADS" -c"$CONNECTIONS" --timeout 5s -s "$BENCH_DIR/loopback.lua" "$@")
-    if [ "$WARMUP" != 0 ]; then
+    if [ "${WARM:-1}" = 1 ] && [ "$WARMUP" != 0 ]; then
         limit=$(($(seconds_of "$WARMUP") + 30))
         run_bounded "$limit" "${wrk_cmd[@]}" -d"$WARMUP" "$url" >/dev/null 2>&1 ||
-            die "wrk warm-up against $label ($url) failed"
+            die "wrk warm-up against $key ($url) failed"
     fi
-    echo "bench: $label — wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url" >&2
+    echo "bench: $key — wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url" >&2
     limit=$(($(seconds_of "$DURATION") + 30))
     local ticks_before ticks_after
     # shellcheck disable=SC2086 # CPU_OF is a list of PIDs
     ticks_before=$(proc_ticks ${CPU_OF:-})
     run_bounded "$limit" "${wrk_cmd[@]}" -d"$DURATION" --latency "$url" >"$out" 2>&1 || {
         cat "$out" >&2
-        die "wrk against $label ($url) failed"
+        die "wrk against $key ($url) failed"
     }
     # shellcheck disable=SC2086
     ticks_after=$(proc_ticks ${CPU_OF:-})
@@ -234,20 +251,58 @@ bench_target() {
         /Socket errors:/ { sub(/^[ \t]*Socket errors: /, ""); errs = $0 }
         END {
             if (rps == "" || p50 == "" || p99 == "") exit 1
-            printf "%d|%.2f ms|%.2f ms|%s|%s|%s\n", rps + 0.5, p50, p99, total, non2xx, errs
+            printf "%d|%.2f|%.2f|%s|%s|%s\n", rps + 0.5, p50, p99, total, non2xx, errs
         }' "$out") || {
         cat "$out" >&2
-        die "could not parse wrk output for $label"
+        die "could not parse wrk output for $key"
     }
-    local rps p50 p99 total non2xx errs cpu="-"
+    local rps p50 p99 total non2xx errs
     IFS='|' read -r rps p50 p99 total non2xx errs <<<"$parsed"
-    if [ -n "${CPU_OF:-}" ] && [ "${total:-0}" -gt 0 ]; then
-        cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$CLK_TCK" -v n="$total" \
+    T_RPS[$key]="${T_RPS[$key]:-} $rps"
+    T_P50[$key]="${T_P50[$key]:-} $p50"
+    T_P99[$key]="${T_P99[$key]:-} $p99"
+    T_TOTAL[$key]=$((${T_TOTAL[$key]:-0} + ${total:-0}))
+    T_TICKS[$key]=$((${T_TICKS[$key]:-0} + ticks_after - ticks_before))
+    [ -n "${CPU_OF:-}" ] && T_CPU[$key]=1
+    if [ -n "$non2xx" ]; then T_NON2XX[$key]=$((${T_NON2XX[$key]:-0} + non2xx)); fi
+    if [ -n "$errs" ]; then T_ERRS[$key]="${T_ERRS[$key]:-}${T_ERRS[$key]:+; }$errs"; fi
+}
+
+# The median of numbers given as one space-separated list (the lower middle of an even count).
+median() {
+    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+# emit_row KEY LABEL — KEY's table row: medians of rps, p50 and p99 over its rounds; CPU per
+# request over all of them.
+emit_row() {
+    local key=$1 label=$2 cpu="-" total=${T_TOTAL[$1]:-0}
+    if [ -n "${T_CPU[$key]:-}" ] && [ "$total" -gt 0 ]; then
+        cpu=$(awk -v t="${T_TICKS[$key]}" -v hz="$CLK_TCK" -v n="$total" \
             'BEGIN { printf "%.1f µs", t * 1000000 / hz / n }')
     fi
-    ROWS+=("| $label | $rps | $p50 | $p99 | $cpu |")
-    if [ -n "$non2xx" ]; then NOTES+=("$label: $non2xx of $total responses were not 2xx/3xx"); fi
-    if [ -n "$errs" ]; then NOTES+=("$label: socket errors: $errs"); fi
+    ROWS+=("| $label | $(median "${T_RPS[$key]}") | $(median "${T_P50[$key]}") ms | $(median "${T_P99[$key]}") ms | $cpu |")
+    if [ -n "${T_NON2XX[$key]:-}" ]; then NOTES+=("$label: ${T_NON2XX[$key]} of $total responses were not 2xx/3xx"); fi
+    if [ -n "${T_ERRS[$key]:-}" ]; then NOTES+=("$label: socket errors: ${T_ERRS[$key]}"); fi
+}
+
+# bench_target LABEL URL [extra wrk args...] — a single-round row (warm-up, one recorded run).
+bench_target() {
+    local label=$1 url=$2 key="single${#ROWS[@]}"
+    shift 2
+    WARM=1 measure "$key" "$url" "$@"
+    emit_row "$key" "$label"
+}
+
+# ratio_note A B TEXT — per-round rps ratios of A to B (the same round runs both, moments apart).
+ratio_note() {
+    local a b i out=""
+    read -r -a a <<<"${T_RPS[$1]}"
+    read -r -a b <<<"${T_RPS[$2]}"
+    for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do
+        out+="${out:+, }$(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { printf "%.2f×", x / y }')"
+    done
+    NOTES+=("$3 per round: $out")
 }
 
 print_report() {
@@ -256,7 +311,8 @@ print_report() {
     echo
     echo "Machine: $(nproc) CPUs${cpu:+ ($cpu)}, $(uname -sr)"
     echo "Tools: $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk", $2}'), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), portcullis at $BIN"
-    echo "Method: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), GET /, HTTP/1.1 keep-alive;"
+    echo "Method: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, HTTP/1.1 keep-alive; the first five rows are $ROUNDS interleaved"
+    echo "        rounds (every target once per round, ${WARMUP} warm-up in the first), each figure the median of its rounds;"
     echo "        TLS 1.3 with the same certificate; $WORKERS gateway threads / $WORKERS nginx workers; loopback only."
     echo
     echo "| target | rps | p50 | p99 | server CPU / request |"
@@ -264,7 +320,7 @@ print_report() {
     printf '%s\n' "${ROWS[@]}"
     echo
     echo "server CPU / request: user + system time of the server under test (echo backend, gateway,"
-    echo "or nginx master + workers) over the recorded run, divided by the requests wrk completed."
+    echo "or nginx master + workers) over the recorded runs, divided by the requests wrk completed."
     echo "Everything shares the CPUs with wrk, so this, not rps alone, compares how much work each"
     echo "proxy spends on a request."
     if [ "${#NOTES[@]}" -gt 0 ]; then
@@ -437,6 +493,18 @@ start_nginx() {
     wait_ready nginx "$LAST_PID" "https://$HOST:$NGINX_PORT/"
 }
 
+# measure_target KEY — one recorded run of one of the interleaved targets.
+measure_target() {
+    case $1 in
+        direct) CPU_OF=$ECHO_PID measure direct "http://127.0.0.1:$ECHO_PORT/" ;;
+        gateway) CPU_OF=$GW_PID measure gateway "https://$HOST:$GW_PORT/" ;;
+        nginx) CPU_OF=$NGINX_PID measure nginx "https://$HOST:$NGINX_PORT/" ;;
+        signed_in) CPU_OF=$GW_PID measure signed_in "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE" ;;
+        nginx_same_bytes) CPU_OF=$NGINX_PID measure nginx_same_bytes "https://$HOST:$NGINX_PORT/app/" -H "Cookie: $DUMMY_COOKIE" ;;
+        *) die "unknown target $1" ;;
+    esac
+}
+
 main() {
     preflight
     make_certs
@@ -446,12 +514,26 @@ main() {
     sign_in
     start_nginx
 
-    CPU_OF=$ECHO_PID bench_target "backend direct (HTTP)" "http://127.0.0.1:$ECHO_PORT/"
-    CPU_OF=$GW_PID bench_target "portcullis (TLS 1.3)" "https://$HOST:$GW_PORT/"
-    CPU_OF=$NGINX_PID bench_target "nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/||p') (TLS 1.3)" "https://$HOST:$NGINX_PORT/"
-    CPU_OF=$GW_PID bench_target "portcullis, signed in /app/ (session + JWT injected)" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
-    CPU_OF=$NGINX_PID bench_target "nginx, /app/ carrying the same bytes (reference: cookie dropped, fixed identity headers of the same sizes)" \
-        "https://$HOST:$NGINX_PORT/app/" -H "Cookie: $DUMMY_COOKIE"
+    # Interleaved rounds: each round runs every target once, so a slow spell of the machine
+    # hits all of them rather than whichever ran during it.
+    local round nginx_label
+    nginx_label="nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/||p') (TLS 1.3)"
+    local targets=(direct gateway nginx signed_in nginx_same_bytes) i
+    for ((round = 1; round <= ROUNDS; round++)); do
+        export WARM=$((round == 1 ? 1 : 0))
+        # Each round starts one target later, so no target always runs first or last.
+        for ((i = 0; i < ${#targets[@]}; i++)); do
+            measure_target "${targets[$(((i + round - 1) % ${#targets[@]}))]}"
+        done
+    done
+    unset WARM
+    emit_row direct "backend direct (HTTP)"
+    emit_row gateway "portcullis (TLS 1.3)"
+    emit_row nginx "$nginx_label"
+    emit_row signed_in "portcullis, signed in /app/ (session + JWT injected)"
+    emit_row nginx_same_bytes "nginx, /app/ carrying the same bytes (reference: cookie dropped, fixed identity headers of the same sizes)"
+    ratio_note gateway nginx "portcullis / nginx rps"
+    ratio_note signed_in nginx "signed-in portcullis / nginx rps"
     # The gateway's CPU here includes the flood's password hashing.
     bench_under_flood "portcullis, signed in /app/, during a wrong-password flood" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
     CPU_OF=$GW_PID bench_login
