@@ -38,9 +38,15 @@ fn answer(method: &str, path: &str) -> (Vec<u8>, bool) {
             false,
         ),
         "/raw/early-hints" => (
-            text("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            text("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: X-Hint-Hop\r\nX-Hint-Hop: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
             false,
         ),
+        // An upstream that never stops sending interim responses.
+        "/raw/interim-flood" => {
+            let mut out = text("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n").repeat(50);
+            out.extend(text("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+            (out, true)
+        }
         "/raw/big" => {
             let body = vec![b'x'; 1 << 20];
             let mut out = text(&format!(
@@ -184,9 +190,60 @@ async fn bodiless_answers_stay_bodiless() {
 }
 
 #[tokio::test]
-async fn interim_responses_are_skipped_for_the_final_one() {
+async fn clients_that_cannot_show_interim_responses_get_the_final_one() {
     let (gw, _up) = world();
-    let r = get(&gw.client_h1(), &gw, "/raw/early-hints").await;
+    for client in [gw.client_h1(), gw.client()] {
+        let r = get(&client, &gw, "/raw/early-hints").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+    }
+}
+
+#[tokio::test]
+async fn early_hints_reach_an_http11_client_ahead_of_the_response_without_hop_by_hop_fields() {
+    let (gw, _up) = world();
+    let reply = gw
+        .raw(
+            ACME,
+            &request_bytes("GET", "/raw/early-hints", ACME, &[], b""),
+        )
+        .await;
+    let all = reply.responses();
+    let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [103, 200], "{}", reply.text());
+    let hints = &all[0];
+    assert_eq!(hints.header("link"), Some("</a.css>; rel=preload"));
+    assert_eq!(
+        hints.header("x-hint-hop"),
+        None,
+        "a hop-by-hop field passed"
+    );
+    assert_eq!(all[1].text(), "ok");
+}
+
+#[tokio::test]
+async fn an_http10_client_never_gets_an_interim_response() {
+    let (gw, _up) = world();
+    let request = format!("GET /raw/early-hints HTTP/1.0\r\nHost: {ACME}\r\n\r\n");
+    let reply = gw.raw(ACME, request.as_bytes()).await;
+    let r = reply.single();
+    assert_eq!((r.status, r.text()), (200, "ok".into()));
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_stops_sending_interim_responses_gets_a_502() {
+    let (gw, _up) = world();
+    let reply = gw
+        .raw(
+            ACME,
+            &request_bytes("GET", "/raw/interim-flood", ACME, &[], b""),
+        )
+        .await;
+    let all = reply.responses();
+    let hints = all.iter().filter(|r| r.status == 103).count();
+    assert!(hints <= 8, "{hints} interim responses relayed");
+    assert_eq!(all.last().map(|r| r.status), Some(502), "{}", reply.text());
+    // The gateway itself is fine.
+    let r = get(&gw.client_h1(), &gw, "/raw/ok").await;
     assert_eq!((r.status, r.text()), (200, "ok".into()));
 }
 

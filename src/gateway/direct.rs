@@ -5,10 +5,11 @@
 //! is about 7 µs of CPU per request, a third of the whole request. Body-less GET and HEAD
 //! requests to plain-HTTP upstreams — nearly all page, asset and API reads — instead go through
 //! pingora's own HTTP/1 client session here (the same request writer, response parser and body
-//! framing: Content-Length, chunked, close-delimited, HEAD, 204/304) over a keep-alive pool
-//! local to the worker thread. Everything else (request bodies, upgrades, TLS upstreams) still
-//! goes through pingora_proxy. Errors come back as pingora errors marked as the upstream's, so
-//! `fail_to_proxy` answers 502/504 exactly as for the other path.
+//! framing: Content-Length, chunked, close-delimited, HEAD, 204/304; interim responses are
+//! relayed) over a keep-alive pool local to the worker thread. Everything else (request bodies,
+//! upgrades, TLS upstreams) still goes through pingora_proxy. Errors come back as pingora
+//! errors marked as the upstream's, so `fail_to_proxy` answers 502/504 exactly as for the
+//! other path.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -118,15 +119,22 @@ async fn connect(addr: SocketAddr, timeouts: &Timeouts) -> pingora::Result<Strea
     Ok(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)))
 }
 
-/// Send the request `build` makes from the client's and read the response header, skipping
-/// interim (1xx) responses. A reused connection the upstream closed meanwhile is replaced once
-/// by a new one: the request has no body and a safe method, so sending it again is harmless
-/// (it is built again for that, so the usual case builds it once).
+/// Interim responses relayed for one request at most; an upstream that sends more is broken
+/// or hostile, and the exchange ends with an upstream error (502) instead of tying up the
+/// connection.
+const MAX_INTERIM: usize = 8;
+
+/// Send the request `build` makes from the client's and read the response header, relaying
+/// interim (1xx) responses on the way (see [`read_final_header`]). A reused connection the
+/// upstream closed meanwhile is replaced once by a new one: the request has no body and a
+/// safe method, so sending it again is harmless (it is built again for that, so the usual case
+/// builds it once). Once the upstream has answered anything, it is not sent again.
 async fn exchange(
     addr: SocketAddr,
-    session: &Session,
+    session: &mut Session,
     build: &impl Fn(&Session) -> pingora::Result<RequestHeader>,
     timeouts: &Timeouts,
+    interim: &impl Fn(&ResponseHeader) -> ResponseParts,
 ) -> pingora::Result<UpstreamSession> {
     let mut reused = pooled(addr, timeouts.idle);
     loop {
@@ -140,15 +148,16 @@ async fn exchange(
         upstream.write_timeout = Some(timeouts.write);
         let request = build(session).map_err(|e| e.into_in())?;
         let sent = upstream.write_request_header(Box::new(request)).await;
+        let mut heard = false;
         let answered = match sent {
-            Ok(_) => read_final_header(&mut upstream).await,
-            Err(e) => Err(e),
+            Ok(_) => read_final_header(&mut upstream, session, interim, &mut heard).await,
+            Err(e) => Err(e.into_up()),
         };
         match answered {
             Ok(()) => return Ok(upstream),
             // A timeout is the upstream being slow, not a stale connection.
-            Err(e) if was_reused && !is_timeout(&e) => continue,
-            Err(e) => return Err(e.into_up()),
+            Err(e) if was_reused && !heard && !is_timeout(&e) => continue,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -160,32 +169,64 @@ fn is_timeout(e: &Error) -> bool {
     )
 }
 
-async fn read_final_header(upstream: &mut UpstreamSession) -> pingora::Result<()> {
+/// Read response headers until the final one. Interim responses (1xx other than 101) go on
+/// to the client as `interim` cleans them, as RFC 9110 §15.2 asks of a proxy — `103 Early
+/// Hints` lets a browser start fetching before the page is ready — except to an HTTP/1.0
+/// client, which must not receive them. A client write that fails is the client's error;
+/// the rest are the upstream's. `heard` turns true once the upstream has answered anything.
+async fn read_final_header(
+    upstream: &mut UpstreamSession,
+    session: &mut Session,
+    interim: &impl Fn(&ResponseHeader) -> ResponseParts,
+    heard: &mut bool,
+) -> pingora::Result<()> {
+    let relay = session.req_header().version >= http::Version::HTTP_11;
+    let mut interims = 0;
     loop {
-        upstream.read_response().await?;
-        match upstream.get_status() {
-            // 101 answers no request of this path (no upgrades here): refuse it.
-            Some(s) if s == http::StatusCode::SWITCHING_PROTOCOLS => {
-                return Error::e_explain(ErrorType::InvalidHTTPHeader, "101 to a plain request")
-            }
-            Some(s) if s.is_informational() => continue,
-            _ => return Ok(()),
+        upstream.read_response().await.map_err(|e| e.into_up())?;
+        *heard = true;
+        let Some(header) = upstream.resp_header() else {
+            return Err(
+                Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up(),
+            );
+        };
+        let status = header.status;
+        // 101 answers no request of this path (no upgrades here): refuse it.
+        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(
+                Error::explain(ErrorType::InvalidHTTPHeader, "101 to a plain request").into_up(),
+            );
+        }
+        if !status.is_informational() {
+            return Ok(());
+        }
+        if interims == MAX_INTERIM {
+            break;
+        }
+        interims += 1;
+        if relay {
+            let parts = interim(header);
+            session
+                .write_response_header(Box::new(ResponseHeader::from(parts)), false)
+                .await?;
         }
     }
+    Err(Error::explain(ErrorType::InvalidHTTPHeader, "too many interim responses").into_up())
 }
 
 /// Forward the client's request, as `build` prepares it for the upstream, to `addr` and stream
 /// the answer to the client. `client_header` makes the response header the client gets from the
-/// upstream's (hop-by-hop fields, HSTS, metrics).
+/// upstream's (hop-by-hop fields, HSTS, metrics), `interim` an interim one.
 pub async fn forward(
     session: &mut Session,
     addr: SocketAddr,
     build: impl Fn(&Session) -> pingora::Result<RequestHeader>,
     timeouts: &Timeouts,
+    interim: impl Fn(&ResponseHeader) -> ResponseParts,
     client_header: impl FnOnce(&ResponseHeader) -> ResponseParts,
 ) -> pingora::Result<()> {
     let head = session.req_header().method == Method::HEAD;
-    let mut upstream = exchange(addr, session, &build, timeouts).await?;
+    let mut upstream = exchange(addr, session, &build, timeouts, &interim).await?;
     upstream.respect_keepalive();
     let Some(upstream_header) = upstream.resp_header() else {
         return Err(Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up());

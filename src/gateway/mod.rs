@@ -394,7 +394,8 @@ impl Gateway {
         let metrics = &self.shared.metrics;
         let (tenant, route) = (&admitted.prepared.tenant.id, &admitted.route().id);
         let addr = admitted.route().upstream.addr;
-        direct::forward(session, addr, build, &timeouts, |header| {
+        let interim = |header: &ResponseHeader| finish_response(None, header);
+        direct::forward(session, addr, build, &timeouts, interim, |header| {
             metrics.upstream_latency(tenant, route, sent.elapsed().as_secs_f64());
             finish_response(Some(&rt.hsts), header)
         })
@@ -568,8 +569,12 @@ impl ProxyHttp for Gateway {
         // The connection is closed after this answer: say so, or a client would send its next
         // request on a connection about to close.
         session.set_keepalive(None);
-        // If the response has already started, the client sees a cut-off response instead.
-        if session.response_written().is_none() {
+        // If the response has already started, the client sees a cut-off response instead;
+        // after interim responses only, the final one is still to come.
+        if session
+            .response_written()
+            .is_none_or(|r| r.status.is_informational() && r.status != 101)
+        {
             if let Err(write_err) = respond::error(session, &err, &hsts).await {
                 tracing::debug!("could not send error page: {write_err}");
             }
