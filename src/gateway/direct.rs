@@ -57,23 +57,65 @@ pub fn simple(session: &mut Session) -> bool {
 
 /// Idle connections to one upstream address, newest last, with when they went idle.
 type Idle = Vec<(Stream, Instant)>;
+/// How often a worker thread drops the idle connections it kept too long, at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-thread_local! {
-    /// Idle upstream connections of this worker thread, by upstream address. A list, not a
-    /// hash map: a configuration names few upstreams, and comparing a handful of addresses is
-    /// cheaper than hashing one.
-    static IDLE: RefCell<Vec<(SocketAddr, Idle)>> = const { RefCell::new(Vec::new()) };
+/// One worker thread's idle upstream connections, by upstream address. A list, not a hash
+/// map: a configuration names few upstreams, and comparing a handful of addresses is cheaper
+/// than hashing one.
+struct Pool {
+    by_addr: Vec<(SocketAddr, Idle)>,
+    /// When [`Pool::sweep`] last ran.
+    swept: Option<Instant>,
 }
 
-fn idle_for(pool: &mut Vec<(SocketAddr, Idle)>, addr: SocketAddr) -> &mut Idle {
-    let at = match pool.iter().position(|(a, _)| *a == addr) {
-        Some(at) => at,
-        None => {
-            pool.push((addr, Vec::new()));
-            pool.len() - 1
-        }
+thread_local! {
+    static IDLE: RefCell<Pool> = const {
+        RefCell::new(Pool {
+            by_addr: Vec::new(),
+            swept: None,
+        })
     };
-    &mut pool[at].1
+}
+
+impl Pool {
+    fn idle_for(&mut self, addr: SocketAddr) -> &mut Idle {
+        let at = match self.by_addr.iter().position(|(a, _)| *a == addr) {
+            Some(at) => at,
+            None => {
+                self.by_addr.push((addr, Vec::new()));
+                self.by_addr.len() - 1
+            }
+        };
+        &mut self.by_addr[at].1
+    }
+
+    /// Close every connection idle for `idle` or longer, and forget addresses left without
+    /// any: an upstream a reload removed, or one no request has used for that long, holds no
+    /// sockets after this.
+    fn sweep(&mut self, now: Instant, idle: Duration) {
+        self.swept = Some(now);
+        for (_, conns) in &mut self.by_addr {
+            // Oldest first: the expired ones are a prefix.
+            let expired = conns.partition_point(|(_, since)| now.duration_since(*since) >= idle);
+            conns.drain(..expired);
+        }
+        self.by_addr.retain(|(_, conns)| !conns.is_empty());
+    }
+
+    fn keep(&mut self, addr: SocketAddr, stream: Stream, now: Instant, idle: Duration) {
+        if self
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
+        {
+            self.sweep(now, idle);
+        }
+        let conns = self.idle_for(addr);
+        if conns.len() >= POOL_PER_UPSTREAM {
+            conns.remove(0);
+        }
+        conns.push((stream, now));
+    }
 }
 
 /// A pooled connection to `addr` that is still open and quiet, if any.
@@ -81,7 +123,7 @@ fn pooled(addr: SocketAddr, idle: Duration) -> Option<Stream> {
     loop {
         let (mut stream, since) = IDLE.with(|p| {
             let mut pool = p.borrow_mut();
-            pool.iter_mut().find(|(a, _)| *a == addr)?.1.pop()
+            pool.by_addr.iter_mut().find(|(a, _)| *a == addr)?.1.pop()
         })?;
         if since.elapsed() >= idle {
             continue;
@@ -97,15 +139,9 @@ fn pooled(addr: SocketAddr, idle: Duration) -> Option<Stream> {
     }
 }
 
-fn keep(addr: SocketAddr, stream: Stream) {
-    IDLE.with(|p| {
-        let mut pool = p.borrow_mut();
-        let idle = idle_for(&mut pool, addr);
-        if idle.len() >= POOL_PER_UPSTREAM {
-            idle.remove(0);
-        }
-        idle.push((stream, Instant::now()));
-    });
+fn keep(addr: SocketAddr, stream: Stream, idle: Duration) {
+    let now = Instant::now();
+    IDLE.with(|p| p.borrow_mut().keep(addr, stream, now, idle));
 }
 
 async fn connect(addr: SocketAddr, timeouts: &Timeouts) -> pingora::Result<Stream> {
@@ -258,7 +294,76 @@ pub async fn forward(
     // Ends the response in every case (an HTTP/2 stream needs it even without a body).
     session.write_response_body(None, true).await?;
     if let Some(stream) = upstream.reuse().await {
-        keep(addr, stream);
+        keep(addr, stream, timeouts.idle);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` connected streams to a fresh listener, and the listener's ends of them.
+    async fn streams(n: usize) -> (SocketAddr, Vec<Stream>, Vec<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            ours.push(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)) as Stream);
+            theirs.push(listener.accept().await.expect("accept").0);
+        }
+        (addr, ours, theirs)
+    }
+
+    /// Whether the peer of `theirs` has closed (EOF) within `wait`.
+    async fn closed(theirs: &mut TcpStream, wait: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(wait, theirs.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_closed_and_their_upstream_forgotten() {
+        let idle = Duration::from_secs(60);
+        let (gone, old, mut old_peers) = streams(2).await;
+        let (live, new, mut new_peers) = streams(2).await;
+        let mut pool = Pool {
+            by_addr: Vec::new(),
+            swept: None,
+        };
+        let start = Instant::now();
+        let mut old = old.into_iter();
+        let mut new = new.into_iter();
+        pool.keep(gone, old.next().expect("stream"), start, idle);
+        pool.keep(gone, old.next().expect("stream"), start, idle);
+        pool.keep(live, new.next().expect("stream"), start + idle / 2, idle);
+        assert_eq!(pool.by_addr.len(), 2);
+
+        // Not yet a second after the last sweep: nothing is looked at.
+        pool.keep(live, new.next().expect("stream"), start + idle / 2, idle);
+        assert_eq!(pool.by_addr.len(), 2);
+
+        // Past the idle timeout of `gone`'s connections, not of `live`'s.
+        pool.keep(live, streams(1).await.1.remove(0), start + idle, idle);
+        assert_eq!(pool.by_addr.len(), 1, "the unused upstream is forgotten");
+        assert_eq!(pool.by_addr[0].0, live);
+        assert_eq!(pool.by_addr[0].1.len(), 3);
+        for peer in &mut old_peers {
+            assert!(
+                closed(peer, Duration::from_secs(5)).await,
+                "an expired connection stayed open"
+            );
+        }
+        for peer in &mut new_peers {
+            assert!(
+                !closed(peer, Duration::from_millis(200)).await,
+                "a live pooled connection was closed"
+            );
+        }
+    }
 }
