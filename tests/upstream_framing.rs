@@ -221,6 +221,26 @@ async fn early_hints_reach_an_http11_client_ahead_of_the_response_without_hop_by
 }
 
 #[tokio::test]
+async fn early_hints_to_a_request_with_a_body_take_the_other_path_and_arrive_too() {
+    let (gw, _up) = world();
+    let reply = gw
+        .raw(
+            ACME,
+            &request_bytes("POST", "/raw/early-hints", ACME, &[], b"a body"),
+        )
+        .await;
+    let all = reply.responses();
+    let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [103, 200], "{}", reply.text());
+    assert_eq!(all[0].header("link"), Some("</a.css>; rel=preload"));
+    assert_eq!(
+        all[0].header("x-hint-hop"),
+        None,
+        "a hop-by-hop field passed"
+    );
+}
+
+#[tokio::test]
 async fn an_http10_client_never_gets_an_interim_response() {
     let (gw, _up) = world();
     let request = format!("GET /raw/early-hints HTTP/1.0\r\nHost: {ACME}\r\n\r\n");
