@@ -79,6 +79,8 @@ fn answer(method: &str, path: &str) -> (Vec<u8>, bool) {
 struct Scripted {
     port: u16,
     connections: Arc<AtomicUsize>,
+    /// Connections the gateway closed.
+    closed: Arc<AtomicUsize>,
 }
 
 impl Scripted {
@@ -86,14 +88,28 @@ impl Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (counter, closings) = (connections.clone(), closed.clone());
         thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 counter.fetch_add(1, Ordering::SeqCst);
-                thread::spawn(move || serve(conn));
+                let closings = closings.clone();
+                thread::spawn(move || {
+                    if serve(conn) {
+                        closings.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
-        Scripted { port, connections }
+        Scripted {
+            port,
+            connections,
+            closed,
+        }
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 
     fn connections(&self) -> usize {
@@ -101,7 +117,9 @@ impl Scripted {
     }
 }
 
-fn serve(mut conn: TcpStream) {
+/// Answers requests until either side ends the connection; `true` when the gateway closed it
+/// (EOF while waiting for a request).
+fn serve(mut conn: TcpStream) -> bool {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::new();
     loop {
@@ -111,7 +129,8 @@ fn serve(mut conn: TcpStream) {
             }
             let mut chunk = [0u8; 4096];
             match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return true,
+                Err(_) => return false,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
@@ -121,23 +140,27 @@ fn serve(mut conn: TcpStream) {
         let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
         let (bytes, close) = answer(method, path);
         if conn.write_all(&bytes).is_err() {
-            return;
+            return false;
         }
         if close {
             let _ = conn.shutdown(Shutdown::Both);
-            return;
+            return false;
         }
     }
 }
 
 fn world() -> (Gateway, Scripted) {
+    world_with(Opts::default())
+}
+
+fn world_with(opts: Opts) -> (Gateway, Scripted) {
     let upstream = Scripted::start();
     let gw = Gateway::start(Opts {
         acme_policy_extra: format!(
             "\n[[routes]]\nid = \"raw\"\nprefix = \"/raw\"\nupstream = \"http://127.0.0.1:{}\"\naccess = \"public\"\n",
             upstream.port
         ),
-        ..Opts::default()
+        ..opts
     });
     (gw, upstream)
 }
@@ -265,6 +288,25 @@ async fn an_upstream_that_never_stops_sending_interim_responses_gets_a_502() {
     // The gateway itself is fine.
     let r = get(&gw.client_h1(), &gw, "/raw/ok").await;
     assert_eq!((r.status, r.text()), (200, "ok".into()));
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout_without_more_requests() {
+    let (gw, up) = world_with(Opts {
+        idle_timeout_ms: 1500,
+        ..Opts::default()
+    });
+    let r = get(&gw.client_h1(), &gw, "/raw/ok").await;
+    assert_eq!((r.status, r.text()), (200, "ok".into()));
+    assert_eq!(up.connections(), 1);
+    // Pooled, and kept while it is fresh.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.closed(), 0, "closed before the idle timeout");
+    // No request comes again; the worker's sweep closes it anyway.
+    assert!(
+        poll_until(Duration::from_secs(6), || up.closed() == 1),
+        "an idle pooled connection outlived the idle timeout"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 //! errors marked as the upstream's, so `fail_to_proxy` answers 502/504 exactly as for the
 //! other path.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,7 +57,7 @@ pub fn simple(session: &mut Session) -> bool {
 
 /// Idle connections to one upstream address, newest last, with when they went idle.
 type Idle = Vec<(Stream, Instant)>;
-/// How often a worker thread drops the idle connections it kept too long, at most.
+/// How often a worker thread closes the idle connections it kept too long.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// One worker thread's idle upstream connections, by upstream address. A list, not a hash
@@ -65,17 +65,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// than hashing one.
 struct Pool {
     by_addr: Vec<(SocketAddr, Idle)>,
-    /// When [`Pool::sweep`] last ran.
-    swept: Option<Instant>,
 }
 
 thread_local! {
-    static IDLE: RefCell<Pool> = const {
-        RefCell::new(Pool {
-            by_addr: Vec::new(),
-            swept: None,
-        })
-    };
+    static IDLE: RefCell<Pool> = const { RefCell::new(Pool { by_addr: Vec::new() }) };
+    /// Whether this thread's sweeper runs (see [`sweep_this_thread`]).
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Pool {
@@ -94,7 +89,6 @@ impl Pool {
     /// any: an upstream a reload removed, or one no request has used for that long, holds no
     /// sockets after this.
     fn sweep(&mut self, now: Instant, idle: Duration) {
-        self.swept = Some(now);
         for (_, conns) in &mut self.by_addr {
             // Oldest first: the expired ones are a prefix.
             let expired = conns.partition_point(|(_, since)| now.duration_since(*since) >= idle);
@@ -103,19 +97,37 @@ impl Pool {
         self.by_addr.retain(|(_, conns)| !conns.is_empty());
     }
 
-    fn keep(&mut self, addr: SocketAddr, stream: Stream, now: Instant, idle: Duration) {
-        if self
-            .swept
-            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
-        {
-            self.sweep(now, idle);
-        }
+    fn keep(&mut self, addr: SocketAddr, stream: Stream, now: Instant) {
         let conns = self.idle_for(addr);
         if conns.len() >= POOL_PER_UPSTREAM {
             conns.remove(0);
         }
         conns.push((stream, now));
     }
+}
+
+/// Start, once per worker thread, the task that closes this thread's pooled connections idle
+/// past the timeout `idle()` gives (asked each time: a reload may change it) every
+/// [`SWEEP_EVERY`], whether or not requests come; `make` makes `idle` only when the task
+/// starts. Call it from a task of the worker's own single-threaded runtime, so that the
+/// sweeper runs on the thread whose pool it sweeps.
+pub fn sweep_this_thread<F>(make: impl FnOnce() -> F)
+where
+    F: Fn() -> Duration + Send + 'static,
+{
+    if SWEEPING.with(|s| s.replace(true)) {
+        return;
+    }
+    let idle = make();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let idle = idle();
+            IDLE.with(|p| p.borrow_mut().sweep(Instant::now(), idle));
+        }
+    });
 }
 
 /// A pooled connection to `addr` that is still open and quiet, if any.
@@ -139,9 +151,9 @@ fn pooled(addr: SocketAddr, idle: Duration) -> Option<Stream> {
     }
 }
 
-fn keep(addr: SocketAddr, stream: Stream, idle: Duration) {
+fn keep(addr: SocketAddr, stream: Stream) {
     let now = Instant::now();
-    IDLE.with(|p| p.borrow_mut().keep(addr, stream, now, idle));
+    IDLE.with(|p| p.borrow_mut().keep(addr, stream, now));
 }
 
 async fn connect(addr: SocketAddr, timeouts: &Timeouts) -> pingora::Result<Stream> {
@@ -294,7 +306,7 @@ pub async fn forward(
     // Ends the response in every case (an HTTP/2 stream needs it even without a body).
     session.write_response_body(None, true).await?;
     if let Some(stream) = upstream.reuse().await {
-        keep(addr, stream, timeouts.idle);
+        keep(addr, stream);
     }
     Ok(())
 }
@@ -328,31 +340,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_idle_too_long_are_closed_and_their_upstream_forgotten() {
+    async fn a_sweep_closes_connections_idle_too_long_and_forgets_their_upstream() {
         let idle = Duration::from_secs(60);
         let (gone, old, mut old_peers) = streams(2).await;
         let (live, new, mut new_peers) = streams(2).await;
         let mut pool = Pool {
             by_addr: Vec::new(),
-            swept: None,
         };
         let start = Instant::now();
-        let mut old = old.into_iter();
-        let mut new = new.into_iter();
-        pool.keep(gone, old.next().expect("stream"), start, idle);
-        pool.keep(gone, old.next().expect("stream"), start, idle);
-        pool.keep(live, new.next().expect("stream"), start + idle / 2, idle);
-        assert_eq!(pool.by_addr.len(), 2);
-
-        // Not yet a second after the last sweep: nothing is looked at.
-        pool.keep(live, new.next().expect("stream"), start + idle / 2, idle);
-        assert_eq!(pool.by_addr.len(), 2);
+        for stream in old {
+            pool.keep(gone, stream, start);
+        }
+        for stream in new {
+            pool.keep(live, stream, start + idle / 2);
+        }
+        pool.sweep(start + idle / 2, idle);
+        assert_eq!(pool.by_addr.len(), 2, "nothing expired yet");
 
         // Past the idle timeout of `gone`'s connections, not of `live`'s.
-        pool.keep(live, streams(1).await.1.remove(0), start + idle, idle);
+        pool.sweep(start + idle, idle);
         assert_eq!(pool.by_addr.len(), 1, "the unused upstream is forgotten");
         assert_eq!(pool.by_addr[0].0, live);
-        assert_eq!(pool.by_addr[0].1.len(), 3);
+        assert_eq!(pool.by_addr[0].1.len(), 2);
         for peer in &mut old_peers {
             assert!(
                 closed(peer, Duration::from_secs(5)).await,

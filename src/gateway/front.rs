@@ -90,6 +90,11 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Both paths below forward over this thread's upstream pool.
+        direct::sweep_this_thread(|| {
+            let shared = Arc::clone(&self.gateway.shared);
+            move || shared.runtime.load().config.proxy.idle_timeout
+        });
         if !matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1)) {
             return self.proxy.process_new(stream, shutdown).await;
         }

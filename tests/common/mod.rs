@@ -115,6 +115,8 @@ pub struct Opts {
     pub max_header_bytes: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub read_timeout_ms: u64,
+    /// `[proxy] idle_timeout_ms`: how long pooled upstream connections may stay idle.
+    pub idle_timeout_ms: u64,
     pub reload_poll_ms: u64,
     /// Start the plain-HTTP redirect listener too.
     pub http_redirect: bool,
@@ -136,6 +138,7 @@ impl Default for Opts {
             max_header_bytes: None,
             max_body_bytes: None,
             read_timeout_ms: 1000,
+            idle_timeout_ms: 60_000,
             reload_poll_ms: 200,
             http_redirect: false,
             acme_policy_extra: String::new(),
@@ -313,7 +316,7 @@ impl Site {
         s.push_str("connect_timeout_ms = 1000\n");
         s.push_str(&format!("read_timeout_ms = {}\n", o.read_timeout_ms));
         s.push_str("write_timeout_ms = 5000\n");
-        s.push_str("idle_timeout_ms = 60000\n");
+        s.push_str(&format!("idle_timeout_ms = {}\n", o.idle_timeout_ms));
         if let Some(b) = o.max_body_bytes {
             s.push_str(&format!("max_body_bytes = {b}\n"));
         }
