@@ -221,46 +221,30 @@ async fn clients_that_cannot_show_interim_responses_get_the_final_one() {
     }
 }
 
+/// Body-less GET goes over the direct path, a POST with a body through pingora_proxy: both
+/// relay the hints.
 #[tokio::test]
-async fn early_hints_reach_an_http11_client_ahead_of_the_response_without_hop_by_hop_fields() {
+async fn early_hints_reach_an_http11_client_ahead_of_the_response_on_both_paths() {
     let (gw, _up) = world();
-    let reply = gw
-        .raw(
-            ACME,
-            &request_bytes("GET", "/raw/early-hints", ACME, &[], b""),
-        )
-        .await;
-    let all = reply.responses();
-    let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [103, 200], "{}", reply.text());
-    let hints = &all[0];
-    assert_eq!(hints.header("link"), Some("</a.css>; rel=preload"));
-    assert_eq!(
-        hints.header("x-hint-hop"),
-        None,
-        "a hop-by-hop field passed"
-    );
-    assert_eq!(all[1].text(), "ok");
-}
-
-#[tokio::test]
-async fn early_hints_to_a_request_with_a_body_take_the_other_path_and_arrive_too() {
-    let (gw, _up) = world();
-    let reply = gw
-        .raw(
-            ACME,
-            &request_bytes("POST", "/raw/early-hints", ACME, &[], b"a body"),
-        )
-        .await;
-    let all = reply.responses();
-    let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [103, 200], "{}", reply.text());
-    assert_eq!(all[0].header("link"), Some("</a.css>; rel=preload"));
-    assert_eq!(
-        all[0].header("x-hint-hop"),
-        None,
-        "a hop-by-hop field passed"
-    );
+    for (method, body) in [("GET", &b""[..]), ("POST", &b"a body"[..])] {
+        let reply = gw
+            .raw(
+                ACME,
+                &request_bytes(method, "/raw/early-hints", ACME, &[], body),
+            )
+            .await;
+        let all = reply.responses();
+        let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [103, 200], "{method}: {}", reply.text());
+        let hints = &all[0];
+        assert_eq!(hints.header("link"), Some("</a.css>; rel=preload"));
+        assert_eq!(
+            hints.header("x-hint-hop"),
+            None,
+            "{method}: a hop-by-hop field passed"
+        );
+        assert_eq!(all[1].text(), "ok", "{method}");
+    }
 }
 
 #[tokio::test]
