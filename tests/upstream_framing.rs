@@ -256,19 +256,27 @@ async fn an_http10_client_never_gets_an_interim_response() {
     assert_eq!((r.status, r.text()), (200, "ok".into()));
 }
 
+/// On both paths: the direct one (GET) and pingora_proxy's (POST with a body).
 #[tokio::test]
 async fn an_upstream_that_never_stops_sending_interim_responses_gets_a_502() {
     let (gw, _up) = world();
-    let reply = gw
-        .raw(
-            ACME,
-            &request_bytes("GET", "/raw/interim-flood", ACME, &[], b""),
-        )
-        .await;
-    let all = reply.responses();
-    let hints = all.iter().filter(|r| r.status == 103).count();
-    assert!(hints <= 8, "{hints} interim responses relayed");
-    assert_eq!(all.last().map(|r| r.status), Some(502), "{}", reply.text());
+    for (method, body) in [("GET", &b""[..]), ("POST", &b"a body"[..])] {
+        let reply = gw
+            .raw(
+                ACME,
+                &request_bytes(method, "/raw/interim-flood", ACME, &[], body),
+            )
+            .await;
+        let all = reply.responses();
+        let hints = all.iter().filter(|r| r.status == 103).count();
+        assert!(hints <= 8, "{method}: {hints} interim responses relayed");
+        assert_eq!(
+            all.last().map(|r| r.status),
+            Some(502),
+            "{method}: {}",
+            reply.text()
+        );
+    }
     // The gateway itself is fine.
     let r = get(&gw.client_h1(), &gw, "/raw/ok").await;
     assert_eq!((r.status, r.text()), (200, "ok".into()));

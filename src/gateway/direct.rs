@@ -57,6 +57,7 @@ pub fn simple(session: &mut Session) -> bool {
 
 /// Idle connections to one upstream address, newest last, with when they went idle.
 type Idle = Vec<(Stream, Instant)>;
+
 /// How often a worker thread closes the idle connections it kept too long.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -167,10 +168,15 @@ async fn connect(addr: SocketAddr, timeouts: &Timeouts) -> pingora::Result<Strea
     Ok(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)))
 }
 
-/// Interim responses relayed for one request at most; an upstream that sends more is broken
-/// or hostile, and the exchange ends with an upstream error (502) instead of tying up the
-/// connection.
-const MAX_INTERIM: usize = 8;
+/// Interim responses relayed for one request at most, on either upstream path; an upstream
+/// that sends more is broken or hostile, and the exchange ends with an upstream error (502)
+/// instead of tying up the connection.
+pub const MAX_INTERIM: usize = 8;
+
+/// The upstream error for one interim response too many.
+pub fn too_many_interims() -> Box<Error> {
+    Error::explain(ErrorType::InvalidHTTPHeader, "too many interim responses").into_up()
+}
 
 /// Send the request `build` makes from the client's and read the response header, relaying
 /// interim (1xx) responses on the way (see [`read_final_header`]). A reused connection the
@@ -259,7 +265,7 @@ async fn read_final_header(
                 .await?;
         }
     }
-    Err(Error::explain(ErrorType::InvalidHTTPHeader, "too many interim responses").into_up())
+    Err(too_many_interims())
 }
 
 /// Forward the client's request, as `build` prepares it for the upstream, to `addr` and stream

@@ -442,6 +442,8 @@ pub struct Ctx {
     upstream_sent: Option<Instant>,
     /// A refusal to record once the request is done.
     refused: Option<RequestError>,
+    /// Interim (1xx) responses pingora_proxy relayed so far.
+    interims: usize,
 }
 
 #[async_trait]
@@ -517,9 +519,19 @@ impl ProxyHttp for Gateway {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        // Interim responses pass on (as on the direct path), up to the same limit; the latency
+        // is the final response's.
+        let status = upstream_response.status;
+        if status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.interims += 1;
+            if ctx.interims > direct::MAX_INTERIM {
+                return Err(direct::too_many_interims());
+            }
+            return Ok(());
+        }
         if let (Some(sent), Some(admitted)) = (ctx.upstream_sent, &ctx.admitted) {
             self.shared.metrics.upstream_latency(
                 &admitted.prepared.tenant.id,
