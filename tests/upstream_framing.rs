@@ -59,6 +59,11 @@ fn answer(method: &str, path: &str) -> (Vec<u8>, bool) {
         // Answers, then closes without saying so: the pooled connection goes stale.
         "/raw/then-hang-up" => (text("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), true),
         "/raw/garbage" => (text("this is not HTTP at all\r\n\r\n"), true),
+        // More than its Content-Length, shaped as an answer to the next request.
+        "/raw/overlong" => (
+            text("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"),
+            false,
+        ),
         "/raw/truncated" => (
             text("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this much"),
             true,
@@ -322,6 +327,40 @@ async fn upstream_connections_are_kept_alive_and_stale_ones_replaced() {
         let r = get(&client, &gw, "/raw/ok").await;
         assert_eq!((r.status, r.text()), (200, "ok".into()), "after a hang-up");
     }
+}
+
+/// The gateway reads the common response (one Content-Length) itself, and hands every other
+/// framing to pingora's client: both kinds leave the connection ready for the next request.
+#[tokio::test]
+async fn connections_are_reused_after_both_the_common_and_the_other_framings() {
+    let (gw, up) = world();
+    let client = gw.client_h1();
+    for _ in 0..5 {
+        let r = get(&client, &gw, "/raw/chunked").await;
+        assert_eq!((r.status, r.text()), (200, "hello world".into()));
+        let r = get(&client, &gw, "/raw/ok").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+    }
+    let opened = up.connections();
+    assert!(
+        opened <= 2,
+        "10 requests opened {opened} upstream connections"
+    );
+}
+
+#[tokio::test]
+async fn bytes_past_a_declared_length_never_answer_another_request() {
+    let (gw, up) = world();
+    let client = gw.client_h1();
+    for _ in 0..3 {
+        let r = get(&client, &gw, "/raw/overlong").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()));
+        let r = get(&client, &gw, "/raw/ok").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()), "desynchronized");
+    }
+    // Each overlong answer's connection was dropped, not pooled: the extra bytes came in the
+    // same read as the answer, so nothing on the socket would have told a later reuse.
+    assert!(up.connections() >= 3);
 }
 
 #[tokio::test]

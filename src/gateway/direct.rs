@@ -3,13 +3,14 @@
 //! pingora_proxy runs every upstream exchange as two joined futures talking over channels and
 //! hands kept-alive connections to a shared pool through a spawned watcher task; measured, that
 //! is about 7 µs of CPU per request, a third of the whole request. Body-less GET and HEAD
-//! requests to plain-HTTP upstreams — nearly all page, asset and API reads — instead go through
-//! pingora's own HTTP/1 client session here (the same request writer, response parser and body
-//! framing: Content-Length, chunked, close-delimited, HEAD, 204/304; interim responses are
-//! relayed) over a keep-alive pool local to the worker thread. Everything else (request bodies,
-//! upgrades, TLS upstreams) still goes through pingora_proxy. Errors come back as pingora
-//! errors marked as the upstream's, so `fail_to_proxy` answers 502/504 exactly as for the
-//! other path.
+//! requests to plain-HTTP upstreams — nearly all page, asset and API reads — instead go out
+//! here over a keep-alive pool local to the worker thread. The request is written as one
+//! buffer and the common response (one Content-Length, or no body) is read by [`fast`]; any
+//! other response (chunked, close-delimited, interim responses, which are relayed, and all
+//! that is odd) is read from its first byte by pingora's own HTTP/1 client session, with its
+//! body framing. Everything else (request bodies, upgrades, TLS upstreams) still goes through
+//! pingora_proxy. Errors come back as pingora errors marked as the upstream's, so
+//! `fail_to_proxy` answers 502/504 exactly as for the other path.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -25,7 +26,9 @@ use pingora::{Error, ErrorType, OrErr};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::upstream::headers::ResponseParts;
+use super::fast::{self, Head, Simple};
+use super::replay::Replay;
+use crate::upstream::headers::{client_response, ResponseParts};
 
 /// Idle connections kept per upstream address and worker thread.
 const POOL_PER_UPSTREAM: usize = 64;
@@ -178,6 +181,14 @@ pub fn too_many_interims() -> Box<Error> {
     Error::explain(ErrorType::InvalidHTTPHeader, "too many interim responses").into_up()
 }
 
+/// What [`exchange`] got back.
+enum Answer {
+    /// The common response, read by [`fast`]; the connection it came on.
+    Simple(Stream, Simple),
+    /// Any other, in pingora's client session (boxed: the rare case), its final header read.
+    Other(Box<UpstreamSession>),
+}
+
 /// Send the request `build` makes from the client's and read the response header, relaying
 /// interim (1xx) responses on the way (see [`read_final_header`]). A reused connection the
 /// upstream closed meanwhile is replaced once by a new one: the request has no body and a
@@ -186,29 +197,51 @@ pub fn too_many_interims() -> Box<Error> {
 async fn exchange(
     addr: SocketAddr,
     session: &mut Session,
-    build: &impl Fn(&Session) -> pingora::Result<RequestHeader>,
+    build: &impl Fn(&Session) -> pingora::Result<Vec<u8>>,
     timeouts: &Timeouts,
-    interim: &impl Fn(&ResponseHeader) -> ResponseParts,
-) -> pingora::Result<UpstreamSession> {
+) -> pingora::Result<Answer> {
+    let head_request = session.req_header().method == Method::HEAD;
     let mut reused = pooled(addr, timeouts.idle);
     loop {
         let was_reused = reused.is_some();
-        let stream = match reused.take() {
+        let mut stream = match reused.take() {
             Some(stream) => stream,
             None => connect(addr, timeouts).await.map_err(|e| e.into_up())?,
         };
-        let mut upstream = UpstreamSession::new(stream);
-        upstream.read_timeout = Some(timeouts.read);
-        upstream.write_timeout = Some(timeouts.write);
         let request = build(session).map_err(|e| e.into_in())?;
-        let sent = upstream.write_request_header(Box::new(request)).await;
         let mut heard = false;
-        let answered = match sent {
-            Ok(_) => read_final_header(&mut upstream, session, interim, &mut heard).await,
+        let answered = match fast::send(&mut stream, &request, timeouts.write).await {
+            Ok(()) => fast::read_head(&mut stream, timeouts.read, head_request, &mut heard).await,
+            Err(e) => Err(e),
+        };
+        let answered = match answered {
+            Ok(Head::Simple(simple)) => return Ok(Answer::Simple(stream, simple)),
+            Ok(Head::Other(read)) => {
+                // pingora's client session reads the response from its first byte. It is
+                // handed a request only to know what it answers: the method (HEAD has no
+                // body), and no Connection or Upgrade field, as the request sent had none
+                // (body-less GET and HEAD only, never an upgrade).
+                let replay: Stream = Box::new(Replay::answered(stream, read));
+                let mut upstream = UpstreamSession::new(replay);
+                upstream.read_timeout = Some(timeouts.read);
+                upstream.write_timeout = Some(timeouts.write);
+                let method = session.req_header().method.clone();
+                let answered = RequestHeader::build(method, b"/", Some(0));
+                let written = match answered {
+                    Ok(header) => upstream.write_request_header(Box::new(header)).await,
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Ok(_) => read_final_header(&mut upstream, session)
+                        .await
+                        .map(|()| Answer::Other(Box::new(upstream))),
+                    Err(e) => Err(e.into_up()),
+                }
+            }
             Err(e) => Err(e.into_up()),
         };
         match answered {
-            Ok(()) => return Ok(upstream),
+            Ok(answer) => return Ok(answer),
             // A timeout is the upstream being slow, not a stale connection.
             Err(e) if was_reused && !heard && !is_timeout(&e) => continue,
             Err(e) => return Err(e),
@@ -224,21 +257,18 @@ fn is_timeout(e: &Error) -> bool {
 }
 
 /// Read response headers until the final one. Interim responses (1xx other than 101) go on
-/// to the client as `interim` cleans them, as RFC 9110 §15.2 asks of a proxy — `103 Early
-/// Hints` lets a browser start fetching before the page is ready — except to an HTTP/1.0
-/// client, which must not receive them. A client write that fails is the client's error;
-/// the rest are the upstream's. `heard` turns true once the upstream has answered anything.
+/// to the client without their hop-by-hop fields, as RFC 9110 §15.2 asks of a proxy —
+/// `103 Early Hints` lets a browser start fetching before the page is ready — except to an
+/// HTTP/1.0 client, which must not receive them. A client write that fails is the client's
+/// error; the rest are the upstream's.
 async fn read_final_header(
     upstream: &mut UpstreamSession,
     session: &mut Session,
-    interim: &impl Fn(&ResponseHeader) -> ResponseParts,
-    heard: &mut bool,
 ) -> pingora::Result<()> {
     let relay = session.req_header().version >= http::Version::HTTP_11;
     let mut interims = 0;
     loop {
         upstream.read_response().await.map_err(|e| e.into_up())?;
-        *heard = true;
         let Some(header) = upstream.resp_header() else {
             return Err(
                 Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up(),
@@ -259,7 +289,7 @@ async fn read_final_header(
         }
         interims += 1;
         if relay {
-            let parts = interim(header);
+            let parts = client_response(header, 0);
             session
                 .write_response_header(Box::new(ResponseHeader::from(parts)), false)
                 .await?;
@@ -269,23 +299,74 @@ async fn read_final_header(
 }
 
 /// Forward the client's request, as `build` prepares it for the upstream, to `addr` and stream
-/// the answer to the client. `client_header` makes the response header the client gets from the
-/// upstream's (hop-by-hop fields, HSTS, metrics), `interim` an interim one.
+/// the answer to the client. The client's response header is the upstream's without
+/// hop-by-hop fields, as `finish` completes it (HSTS, metrics).
 pub async fn forward(
     session: &mut Session,
     addr: SocketAddr,
-    build: impl Fn(&Session) -> pingora::Result<RequestHeader>,
+    build: impl Fn(&Session) -> pingora::Result<Vec<u8>>,
     timeouts: &Timeouts,
-    interim: impl Fn(&ResponseHeader) -> ResponseParts,
-    client_header: impl FnOnce(&ResponseHeader) -> ResponseParts,
+    finish: impl FnOnce(&mut ResponseParts),
+) -> pingora::Result<()> {
+    match exchange(addr, session, &build, timeouts).await? {
+        Answer::Simple(stream, simple) => {
+            relay_simple(session, addr, stream, simple, timeouts, finish).await
+        }
+        Answer::Other(upstream) => relay_other(session, addr, *upstream, finish).await,
+    }
+}
+
+/// The common response: the body is exactly `Content-Length` bytes, or none.
+async fn relay_simple(
+    session: &mut Session,
+    addr: SocketAddr,
+    mut stream: Stream,
+    simple: Simple,
+    timeouts: &Timeouts,
+    finish: impl FnOnce(&mut ResponseParts),
+) -> pingora::Result<()> {
+    let Simple {
+        mut parts,
+        body_len,
+        preread,
+        keepalive,
+    } = simple;
+    finish(&mut parts);
+    let mut remaining = body_len - preread.len() as u64;
+    session
+        .write_response_header(Box::new(ResponseHeader::from(parts)), body_len == 0)
+        .await?;
+    if !preread.is_empty() {
+        session.write_response_body(Some(preread), false).await?;
+    }
+    while let Some(chunk) = fast::read_body(&mut stream, &mut remaining, timeouts.read)
+        .await
+        .map_err(|e| e.into_up())?
+    {
+        session.write_response_body(Some(chunk), false).await?;
+    }
+    session.write_response_body(None, true).await?;
+    if keepalive {
+        keep(addr, stream);
+    }
+    Ok(())
+}
+
+/// Any other response, read by pingora's client session.
+async fn relay_other(
+    session: &mut Session,
+    addr: SocketAddr,
+    mut upstream: UpstreamSession,
+    finish: impl FnOnce(&mut ResponseParts),
 ) -> pingora::Result<()> {
     let head = session.req_header().method == Method::HEAD;
-    let mut upstream = exchange(addr, session, &build, timeouts, &interim).await?;
     upstream.respect_keepalive();
     let Some(upstream_header) = upstream.resp_header() else {
         return Err(Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up());
     };
-    let mut header = client_header(upstream_header);
+    // Room for HSTS and the Transfer-Encoding added below.
+    let mut header = client_response(upstream_header, 2);
+    finish(&mut header);
     let done = upstream.is_body_done();
     // As pingora_proxy does: a response framed by the connection's close goes to the client
     // chunked, so the client's connection can stay open.
@@ -311,7 +392,12 @@ pub async fn forward(
     }
     // Ends the response in every case (an HTTP/2 stream needs it even without a body).
     session.write_response_body(None, true).await?;
-    if let Some(stream) = upstream.reuse().await {
+    let unwrapped = upstream
+        .reuse()
+        .await
+        .and_then(|stream| stream.into_any().downcast::<Replay>().ok())
+        .and_then(|replay| replay.into_inner());
+    if let Some(stream) = unwrapped {
         keep(addr, stream);
     }
     Ok(())

@@ -5,6 +5,7 @@
 
 pub mod admit;
 pub mod direct;
+pub mod fast;
 pub mod front;
 pub mod idp_refresh;
 pub mod redirect;
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -150,38 +151,67 @@ impl Gateway {
     /// The request as it goes upstream, built from `source` (the client's request on the
     /// direct path, pingora's copy of it on the other): the normalized target, clean headers,
     /// identity. Used by both upstream paths.
+    /// The request that goes upstream through pingora_proxy: the target as the client sent
+    /// it (or as normalized) and the fields of [`Gateway::upstream_fields`].
     fn upstream_request(
         &self,
         session: &Session,
         source: &RequestHeader,
         ctx: &Ctx,
     ) -> pingora::Result<RequestHeader> {
+        let uri = match upstream_target(source, ctx)? {
+            Some(normalized) => normalized,
+            None => source.uri.clone(),
+        };
+        let mut headers = HeaderMap::with_capacity(source.headers.len() + 12);
+        self.upstream_fields(session, source, ctx, &mut |name, value| {
+            headers.append(name.clone(), value.clone());
+        })?;
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = source.method.clone();
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        parts.headers = headers;
+        Ok(RequestHeader::from(parts))
+    }
+
+    /// The same request on the wire, for the direct path: no header map is built for it.
+    fn upstream_wire(&self, session: &Session, ctx: &Ctx) -> pingora::Result<Vec<u8>> {
+        let source = session.req_header();
+        let normalized = upstream_target(source, ctx)?;
+        let target = match &normalized {
+            Some(uri) => uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes(),
+            None => source.raw_path(),
+        };
+        let mut wire = fast::Wire::start(&source.method, target)?;
+        self.upstream_fields(session, source, ctx, &mut |name, value| {
+            wire.field(name, value)
+        })?;
+        Ok(wire.finish())
+    }
+
+    /// Every field of the request that goes upstream, once each: `headers::Outgoing`'s
+    /// (hygiene, forwarding, tenant), the client's cookies without the gateway's own, and the
+    /// signed-in caller's identity.
+    fn upstream_fields(
+        &self,
+        session: &Session,
+        source: &RequestHeader,
+        ctx: &Ctx,
+        field: &mut dyn FnMut(&HeaderName, &HeaderValue),
+    ) -> pingora::Result<()> {
         let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
             return Error::e_explain(ErrorType::InternalError, "no admitted request");
         };
         let p = &admitted.prepared;
-        // Most targets arrive already normalized (origin-form, as received); only a rewritten
-        // one is parsed again.
-        let raw = source.raw_path();
-        let as_received = p.target.is_exactly(raw)
-            && source.uri.authority().is_none()
-            && source
-                .uri
-                .path_and_query()
-                .is_some_and(|pq| pq.as_str().as_bytes() == raw);
-        let uri = if as_received {
-            source.uri.clone()
-        } else {
-            p.target.path_and_query().parse().map_err(|_| {
-                Error::explain(ErrorType::InternalError, "normalized target is not a URI")
-            })?
-        };
         let Some(peer) = peer_ip(session) else {
             return Error::e_explain(ErrorType::InternalError, "no client address");
         };
-        let mut parts = headers::forward(
+        let outgoing = headers::Outgoing::new(
             source,
-            uri,
             &Forwarding {
                 peer,
                 host: &p.host,
@@ -193,20 +223,24 @@ impl Gateway {
         .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
         let invalid =
             |what: &str| Error::explain(ErrorType::InternalError, format!("invalid {what}"));
-        // The session token is a bearer credential for the gateway only.
-        if parts.headers.contains_key(http::header::COOKIE) {
-            match cookie::without_gateway_cookies(&source.headers) {
-                Some(kept) => {
-                    let kept = HeaderValue::from_str(&kept).map_err(|_| invalid("cookie"))?;
-                    parts.headers.insert(http::header::COOKIE, kept);
-                }
-                None => {
-                    parts.headers.remove(http::header::COOKIE);
-                }
+        // The session token is a bearer credential for the gateway only: the Cookie lines that
+        // pass hygiene go as one, without the gateway's cookies.
+        let mut cookies = false;
+        outgoing.each(source, |name, value| {
+            if name == http::header::COOKIE {
+                cookies = true;
+            } else {
+                field(name, value);
+            }
+        });
+        if cookies {
+            if let Some(kept) = cookie::without_gateway_cookies(&source.headers) {
+                let kept = HeaderValue::from_str(&kept).map_err(|_| invalid("cookie"))?;
+                field(&http::header::COOKIE, &kept);
             }
         }
         if let Some(identity) = &ctx.identity {
-            // Added after `headers::forward`, which drops every inbound `X-Portcullis-*`.
+            // After `Outgoing`'s fields, which include no inbound `X-Portcullis-*`.
             let token = self
                 .shared
                 .auth
@@ -223,14 +257,14 @@ impl Gateway {
                         format!("cannot sign identity: {e}"),
                     )
                 })?;
-            let Some((user, roles)) = identity.upstream_headers.clone() else {
+            let Some((user, roles)) = &identity.upstream_headers else {
                 return Err(invalid("user name or roles"));
             };
-            parts.headers.insert(IDENTITY_USER, user);
-            parts.headers.insert(IDENTITY_ROLES, roles);
-            parts.headers.insert(IDENTITY_JWT, token);
+            field(&IDENTITY_USER, user);
+            field(&IDENTITY_ROLES, roles);
+            field(&IDENTITY_JWT, &token);
         }
-        Ok(RequestHeader::from(parts))
+        Ok(())
     }
 
     /// Everything from a read request header to the decision, in the order of the flow:
@@ -379,7 +413,7 @@ impl Gateway {
     /// (see [`direct`]); failures come back as upstream errors for `fail_to_proxy`.
     async fn forward_direct(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
         let ctx = &*ctx;
-        let build = |session: &Session| self.upstream_request(session, session.req_header(), ctx);
+        let build = |session: &Session| self.upstream_wire(session, ctx);
         let (Some(rt), Some(admitted)) = (&ctx.runtime, &ctx.admitted) else {
             return Error::e_explain(ErrorType::InternalError, "no admitted request");
         };
@@ -394,10 +428,9 @@ impl Gateway {
         let metrics = &self.shared.metrics;
         let (tenant, route) = (&admitted.prepared.tenant.id, &admitted.route().id);
         let addr = admitted.route().upstream.addr;
-        let interim = |header: &ResponseHeader| finish_response(None, header);
-        direct::forward(session, addr, build, &timeouts, interim, |header| {
+        direct::forward(session, addr, build, &timeouts, |parts| {
             metrics.upstream_latency(tenant, route, sent.elapsed().as_secs_f64());
-            finish_response(Some(&rt.hsts), header)
+            add_hsts(parts, &rt.hsts);
         })
         .await
     }
@@ -639,23 +672,54 @@ fn audit_kind(err: &RequestError) -> Option<EventKind> {
     }
 }
 
-/// An upstream response header as it goes to the client, on either upstream path: hop-by-hop
-/// fields end here, HSTS on every response.
+/// An upstream response header as it goes to the client through pingora_proxy: hop-by-hop
+/// fields end here, HSTS on every response (the direct path does the same with
+/// [`headers::client_response`] or [`fast`], then [`add_hsts`]).
 fn finish_response(hsts: Option<&HeaderValue>, upstream: &ResponseHeader) -> ResponseParts {
     // Room for HSTS and the Transfer-Encoding the direct path may add.
     let mut parts = headers::client_response(upstream, 2);
     if let Some(hsts) = hsts {
-        parts
-            .headers
-            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        add_hsts(&mut parts, hsts);
     }
     parts
+}
+
+/// HSTS on a response to the client (replacing the upstream's own).
+fn add_hsts(parts: &mut ResponseParts, hsts: &HeaderValue) {
+    parts
+        .headers
+        .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
 }
 
 /// Identity fields for the upstream (DESIGN.md); inbound copies never pass `headers::forward`.
 const IDENTITY_USER: HeaderName = HeaderName::from_static("x-portcullis-user");
 const IDENTITY_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
 const IDENTITY_JWT: HeaderName = HeaderName::from_static("x-portcullis-jwt");
+
+/// The upstream request's target when it is not the client's own: most targets arrive already
+/// normalized (origin-form, as received), and only a rewritten one is parsed again. `None`:
+/// send the client's.
+fn upstream_target(source: &RequestHeader, ctx: &Ctx) -> pingora::Result<Option<http::Uri>> {
+    let Some(admitted) = &ctx.admitted else {
+        return Error::e_explain(ErrorType::InternalError, "no admitted request");
+    };
+    let target = &admitted.prepared.target;
+    let raw = source.raw_path();
+    let as_received = target.is_exactly(raw)
+        && source.uri.authority().is_none()
+        && source
+            .uri
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str().as_bytes() == raw);
+    if as_received {
+        return Ok(None);
+    }
+    target
+        .path_and_query()
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::explain(ErrorType::InternalError, "normalized target is not a URI"))
+}
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session

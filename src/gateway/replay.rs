@@ -44,6 +44,8 @@ pub struct Replay {
     again: Bytes,
     /// Bytes written but not yet passed on (see the `AsyncWrite` impl).
     held: BytesMut,
+    /// Writes are dropped (see [`Replay::answered`]).
+    discard: bool,
 }
 
 impl Replay {
@@ -56,7 +58,26 @@ impl Replay {
             overflowed: false,
             again: Bytes::new(),
             held: BytesMut::new(),
+            discard: false,
         }
+    }
+
+    /// An upstream connection whose response the gateway started reading itself
+    /// ([`super::fast`]) before deciding that pingora's client session must read it: `read`,
+    /// the bytes read so far, come first. The request already went out, so what that session
+    /// writes when it is handed the request it answers is dropped, not sent a second time.
+    pub fn answered(inner: Stream, read: Bytes) -> Self {
+        Self {
+            again: read,
+            discard: true,
+            ..Self::new(inner)
+        }
+    }
+
+    /// The connection underneath, once nothing is left to read again: a connection of
+    /// [`Replay::answered`] that may be pooled. `None` if bytes are still unread.
+    pub fn into_inner(self) -> Option<Stream> {
+        self.again.is_empty().then_some(self.inner)
     }
 
     /// Start keeping from here, counting `already` (bytes read earlier that belong to what
@@ -150,6 +171,9 @@ impl AsyncWrite for Replay {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.discard {
+            return Poll::Ready(Ok(buf.len()));
+        }
         if this.held.len() + buf.len() > HOLD {
             ready!(this.poll_drain(cx))?;
         }

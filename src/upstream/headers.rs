@@ -166,50 +166,86 @@ pub fn forward(
     uri: http::Uri,
     fwd: &Forwarding<'_>,
 ) -> Result<http::request::Parts, PrepareError> {
-    let peer = fwd.peer.to_canonical();
-    let policy = StripPolicy {
-        is_upgrade: fwd.is_upgrade,
-        peer_trusted: fwd.trusted.contains(peer),
-        connection_options: connection_options(&source.headers),
-    };
-    // Read before anything is dropped: the chain must not be droppable by naming
-    // X-Forwarded-For in Connection, and must agree with what `client_ip` saw. An untrusted
-    // peer is its own client, so its inbound chain is not repeated.
-    let forwarded_for = match inbound_chain(&source.headers) {
-        Some(chain) if policy.peer_trusted => format!("{chain}, {peer}"),
-        _ => ip_text(peer),
-    };
-    let value = |name: &'static str, text: &str| {
-        HeaderValue::from_str(text).map_err(|_| PrepareError::InvalidValue { name })
-    };
-    let forwarded_for = value("X-Forwarded-For", &forwarded_for)?;
-    let forwarded_host = value("X-Forwarded-Host", fwd.host)?;
-    let host = value("Host", fwd.host)?;
-    let tenant = value("X-Portcullis-Tenant", fwd.tenant)?;
-
+    let outgoing = Outgoing::new(source, fwd)?;
     let mut headers = HeaderMap::with_capacity(source.headers.len() + GATEWAY_SET.len() + 4);
-    for (name, value) in &source.headers {
-        if policy.removes(name) || GATEWAY_SET.contains(name) {
-            continue;
-        }
+    outgoing.each(source, |name, value| {
         headers.append(name.clone(), value.clone());
-    }
-    if fwd.is_upgrade {
-        // RFC 9110 §7.8: Upgrade is only acted on when Connection names it.
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    headers.insert(header::HOST, host);
-    headers.insert(X_FORWARDED_FOR, forwarded_for);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    headers.insert(X_FORWARDED_HOST, forwarded_host);
-    headers.insert(X_PORTCULLIS_TENANT, tenant);
-
+    });
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = source.method.clone();
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     parts.headers = headers;
     Ok(parts)
+}
+
+/// The fields of the request that goes upstream (the rules of [`forward`]), computed once,
+/// for a caller that writes them out one by one instead of building a header map.
+pub struct Outgoing {
+    policy: StripPolicy,
+    upgrade: bool,
+    /// Host, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Portcullis-Tenant.
+    set: [(HeaderName, HeaderValue); 5],
+}
+
+impl Outgoing {
+    /// Decide what of `source` goes upstream and build the fields the gateway sets. On error
+    /// nothing may be forwarded.
+    pub fn new(source: &RequestHeader, fwd: &Forwarding<'_>) -> Result<Self, PrepareError> {
+        let peer = fwd.peer.to_canonical();
+        let policy = StripPolicy {
+            is_upgrade: fwd.is_upgrade,
+            peer_trusted: fwd.trusted.contains(peer),
+            connection_options: connection_options(&source.headers),
+        };
+        // Read before anything is dropped: the chain must not be droppable by naming
+        // X-Forwarded-For in Connection, and must agree with what `client_ip` saw. An untrusted
+        // peer is its own client, so its inbound chain is not repeated.
+        let forwarded_for = match inbound_chain(&source.headers) {
+            Some(chain) if policy.peer_trusted => format!("{chain}, {peer}"),
+            _ => ip_text(peer),
+        };
+        let value = |name: &'static str, text: &str| {
+            HeaderValue::from_str(text).map_err(|_| PrepareError::InvalidValue { name })
+        };
+        let forwarded_for = value("X-Forwarded-For", &forwarded_for)?;
+        // Host and X-Forwarded-Host carry the same value.
+        let host = value("X-Forwarded-Host", fwd.host)?;
+        Ok(Self {
+            policy,
+            upgrade: fwd.is_upgrade,
+            set: [
+                (header::HOST, host.clone()),
+                (X_FORWARDED_FOR, forwarded_for),
+                (X_FORWARDED_PROTO, HeaderValue::from_static("https")),
+                (X_FORWARDED_HOST, host),
+                (
+                    X_PORTCULLIS_TENANT,
+                    value("X-Portcullis-Tenant", fwd.tenant)?,
+                ),
+            ],
+        })
+    }
+
+    /// Every field that goes upstream, once each, in order: what is kept of `source` (the
+    /// request [`Outgoing::new`] was given), then the fields the gateway sets, which no kept
+    /// field shares a name with.
+    pub fn each(&self, source: &RequestHeader, mut field: impl FnMut(&HeaderName, &HeaderValue)) {
+        for (name, value) in &source.headers {
+            if self.policy.removes(name) || GATEWAY_SET.contains(name) {
+                continue;
+            }
+            field(name, value);
+        }
+        // RFC 9110 §7.8: Upgrade is only acted on when Connection names it (the client's
+        // Connection, hop-by-hop, was dropped above).
+        if self.upgrade {
+            field(&header::CONNECTION, &HeaderValue::from_static("upgrade"));
+        }
+        for (name, value) in &self.set {
+            field(name, value);
+        }
+    }
 }
 
 /// Fields the gateway writes itself, so a client's copies are never forwarded.
@@ -259,11 +295,7 @@ pub fn client_response(upstream: &pingora::http::ResponseHeader, room: usize) ->
     };
     let mut headers = HeaderMap::with_capacity(upstream.headers.len() + room);
     for (name, value) in &upstream.headers {
-        let text = name.as_str();
-        let hop_by_hop = text == "upgrade"
-            || HOP_BY_HOP.contains(&text)
-            || (named.iter().any(|option| option == text) && !FRAMING.contains(&text));
-        if switching || !hop_by_hop {
+        if switching || reaches_client(name.as_str(), &named) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -272,6 +304,16 @@ pub fn client_response(upstream: &pingora::http::ResponseHeader, room: usize) ->
     parts.version = upstream.version;
     parts.headers = headers;
     parts
+}
+
+/// Whether a field of an upstream response (not a `101`) reaches the client: not one of
+/// [`HOP_BY_HOP`], not `Upgrade`, and not named in the response's `Connection` (`named`, as
+/// [`connection_options_in`] lists them) unless it frames the body, which pingora re-frames.
+pub fn reaches_client(name: &str, named: &[String]) -> bool {
+    let hop_by_hop = name == "upgrade"
+        || HOP_BY_HOP.contains(&name)
+        || (named.iter().any(|option| option == name) && !FRAMING.contains(&name));
+    !hop_by_hop
 }
 
 /// A response header's parts: status, version and one header map.
@@ -326,11 +368,24 @@ fn folded_starts_with(name: &str, prefix: &str) -> bool {
 /// RFC 9110 §7.6.1: Connection lists further header names that are hop-by-hop. Options are
 /// case-insensitive, comma-separated, with optional whitespace, over any number of lines.
 fn connection_options(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
+    connection_options_in(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The options, lowercased, that the given `Connection` lines list (see
+/// [`connection_options`]); a line that is not visible ASCII names nothing.
+pub fn connection_options_in<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    lines
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter(|line| {
+            line.bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        })
+        .flat_map(|line| line.split(','))
         .map(|option| option.trim_matches([' ', '\t']).to_ascii_lowercase())
         .filter(|option| !option.is_empty())
         .collect()
