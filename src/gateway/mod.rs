@@ -148,9 +148,6 @@ impl Gateway {
         Ok(Served::Answered)
     }
 
-    /// The request as it goes upstream, built from `source` (the client's request on the
-    /// direct path, pingora's copy of it on the other): the normalized target, clean headers,
-    /// identity. Used by both upstream paths.
     /// The request that goes upstream through pingora_proxy: the target as the client sent
     /// it (or as normalized) and the fields of [`Gateway::upstream_fields`].
     fn upstream_request(
