@@ -451,4 +451,121 @@ mod tests {
             Parse::Partial => panic!("complete header read as partial"),
         }
     }
+
+    /// What pingora's client session makes of `bytes` (sent, then the connection closed) as
+    /// the answer to GET or HEAD: the status, the client's header, the body and whether the
+    /// connection may be reused, or `None` if it refuses the response or finds its body cut
+    /// short.
+    async fn pingora_reads(
+        bytes: &[u8],
+        head_request: bool,
+    ) -> Option<(StatusCode, HeaderMap, Vec<u8>, bool)> {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+        let addr = listener.local_addr().ok()?;
+        let ours = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut theirs, _) = listener.accept().await.ok()?;
+        theirs.write_all(bytes).await.ok()?;
+        theirs.shutdown().await.ok()?;
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(ours));
+        let mut session = pingora::protocols::http::v1::client::HttpSession::new(stream);
+        let method = if head_request { "HEAD" } else { "GET" };
+        let request = pingora::http::RequestHeader::build(method, b"/", None).ok()?;
+        session.write_request_header(Box::new(request)).await.ok()?;
+        session.read_response().await.ok()?;
+        let header = session.resp_header()?;
+        let status = header.status;
+        let client = headers::client_response(header, 0).headers;
+        let mut body = Vec::new();
+        loop {
+            match session.read_body_bytes().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(_) => return None,
+            }
+        }
+        session.respect_keepalive();
+        Some((status, client, body, session.will_keepalive()))
+    }
+
+    /// Differential: for every response this module reads itself, pingora's client session
+    /// (the reader of every other response, and of all of them before) finds the same status,
+    /// the same fields for the client, the same body and the same answer on reuse; and what
+    /// pingora refuses or finds cut short is never a complete answer here.
+    #[tokio::test]
+    async fn what_is_read_here_pingora_reads_the_same_way() {
+        let statuses = [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 ",
+            "HTTP/1.1 204 No Content",
+            "HTTP/1.1 304 Not Modified",
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.1 599 Odd",
+            "HTTP/1.0 200 OK",
+        ];
+        let lengths: [&[&str]; 10] = [
+            &[],
+            &["0"],
+            &["5"],
+            &["05"],
+            &["5 "],
+            &["9"],
+            &["5, 5"],
+            &["-1"],
+            &["5", "5"],
+            &["5", "6"],
+        ];
+        let codings: [&[&str]; 3] = [&[], &["chunked"], &["gzip"]];
+        let connections: [&[&str]; 3] = [&[], &["close"], &["keep-alive, X-Hop"]];
+        let mut simple = 0;
+        for status in statuses {
+            for length in lengths {
+                for coding in codings {
+                    for connection in connections {
+                        for eol in ["\r\n", "\n"] {
+                            for head_request in [false, true] {
+                                let mut text = format!("{status}{eol}X-App: a{eol}X-Hop: h{eol}");
+                                for v in length {
+                                    text += &format!("Content-Length: {v}{eol}");
+                                }
+                                for v in coding {
+                                    text += &format!("Transfer-Encoding: {v}{eol}");
+                                }
+                                for v in connection {
+                                    text += &format!("Connection: {v}{eol}");
+                                }
+                                text += &format!("{eol}hello");
+                                let bytes = text.as_bytes();
+                                let Parse::Simple(parsed) = parse(bytes, head_request) else {
+                                    continue;
+                                };
+                                let Head::Simple(ours) =
+                                    parsed.finish(Bytes::copy_from_slice(bytes))
+                                else {
+                                    continue;
+                                };
+                                simple += 1;
+                                let theirs = pingora_reads(bytes, head_request).await;
+                                let complete = ours.preread.len() as u64 == ours.body_len;
+                                match theirs {
+                                    Some((status, fields, body, keepalive)) => {
+                                        assert!(complete, "cut short only here: {text:?}");
+                                        assert_eq!(status, ours.parts.status, "{text:?}");
+                                        assert_eq!(fields, ours.parts.headers, "{text:?}");
+                                        assert_eq!(body, &ours.preread[..], "{text:?}");
+                                        assert_eq!(keepalive, ours.keepalive, "{text:?}");
+                                    }
+                                    None => assert!(
+                                        !complete,
+                                        "pingora refuses what is complete here: {text:?}"
+                                    ),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(simple > 50, "only {simple} responses were read here");
+    }
 }
