@@ -688,7 +688,7 @@ fn add_hsts(parts: &mut ResponseParts, hsts: &HeaderValue) {
         .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
 }
 
-/// Identity fields for the upstream (DESIGN.md); inbound copies never pass `headers::forward`.
+/// Identity fields for the upstream (DESIGN.md); inbound copies never pass `headers::Outgoing`.
 const IDENTITY_USER: HeaderName = HeaderName::from_static("x-portcullis-user");
 const IDENTITY_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
 const IDENTITY_JWT: HeaderName = HeaderName::from_static("x-portcullis-jwt");

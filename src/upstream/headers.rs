@@ -142,12 +142,12 @@ const FORWARDED_NAMES: [&str; 5] = [
     "cf-connecting-ip",
 ];
 
-/// The request that goes upstream, built fresh from `source` (the client's request, or
-/// pingora's copy of it) with `uri` as its target. Building a new header map costs a fraction
-/// of editing a copy in place: pingora's request header keeps a second, case-preserving map
-/// that every edit must update, and a copied map has no room for the fields added here.
-/// Field names go upstream in lowercase, as in HTTP/2 (names are case-insensitive, RFC 9110
-/// §5.1).
+/// The fields of the request that goes upstream, computed once from `source` (the client's
+/// request, or pingora's copy of it). Callers write them out one by one: into a fresh header
+/// map for pingora_proxy (building one costs a fraction of editing a copy in place: pingora's
+/// request header keeps a second, case-preserving map that every edit must update), or
+/// straight onto the wire on the direct path. Field names go upstream in lowercase, as in
+/// HTTP/2 (names are case-insensitive, RFC 9110 §5.1).
 ///
 /// 1. Drop hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` with
 ///    `Connection: upgrade` when `is_upgrade`, and every header named in `Connection` except
@@ -159,28 +159,8 @@ const FORWARDED_NAMES: [&str; 5] = [
 ///    client address alone), X-Forwarded-Proto: https, X-Forwarded-Host and
 ///    X-Portcullis-Tenant.
 ///
-/// Identity headers the caller adds (X-Portcullis-User, -Roles, -Jwt) go into the returned
-/// parts afterwards. On error nothing may be forwarded.
-pub fn forward(
-    source: &RequestHeader,
-    uri: http::Uri,
-    fwd: &Forwarding<'_>,
-) -> Result<http::request::Parts, PrepareError> {
-    let outgoing = Outgoing::new(source, fwd)?;
-    let mut headers = HeaderMap::with_capacity(source.headers.len() + GATEWAY_SET.len() + 4);
-    outgoing.each(source, |name, value| {
-        headers.append(name.clone(), value.clone());
-    });
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = source.method.clone();
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
-    parts.headers = headers;
-    Ok(parts)
-}
-
-/// The fields of the request that goes upstream (the rules of [`forward`]), computed once,
-/// for a caller that writes them out one by one instead of building a header map.
+/// Identity headers the caller adds (X-Portcullis-User, -Roles, -Jwt) come after these
+/// fields. On error nothing may be forwarded.
 pub struct Outgoing {
     policy: StripPolicy,
     upgrade: bool,
@@ -285,7 +265,7 @@ fn ip_text(ip: IpAddr) -> String {
 /// 9110 §7.6.1: those of [`HOP_BY_HOP`], `Upgrade`, and every field the response's
 /// `Connection` names, except the framing fields pingora re-frames the body with. A `101
 /// Switching Protocols` keeps `Upgrade` and `Connection`, which complete the upgrade. Built
-/// fresh (see [`forward`]) with room for `room` more fields.
+/// fresh (see [`Outgoing`]) with room for `room` more fields.
 pub fn client_response(upstream: &pingora::http::ResponseHeader, room: usize) -> ResponseParts {
     let switching = upstream.status == http::StatusCode::SWITCHING_PROTOCOLS;
     let named = if switching {
@@ -406,6 +386,25 @@ fn inbound_chain(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The request as [`Outgoing`] makes it, in a header map (as the gateway builds it for
+    /// pingora_proxy).
+    fn forward(
+        source: &RequestHeader,
+        uri: http::Uri,
+        fwd: &Forwarding<'_>,
+    ) -> Result<http::request::Parts, PrepareError> {
+        let outgoing = Outgoing::new(source, fwd)?;
+        let mut headers = HeaderMap::new();
+        outgoing.each(source, |name, value| {
+            headers.append(name.clone(), value.clone());
+        });
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = source.method.clone();
+        parts.uri = uri;
+        parts.headers = headers;
+        Ok(parts)
+    }
 
     const UNTRUSTED_PEER: &str = "203.0.113.9";
     const TRUSTED_PEER: &str = "10.0.0.1";
