@@ -16,10 +16,11 @@
 //! before anything about the request is counted, looked up or written.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::{http_proxy, HttpProxy, ProxyHttp, Session};
@@ -28,6 +29,7 @@ use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use tokio::sync::Notify;
 
+use super::client::{self, Client, Conn, Home, Next, Plain, Vacant};
 use super::direct;
 use super::replay::Replay;
 use super::state::Shared;
@@ -35,6 +37,7 @@ use super::{Ctx, Gateway, Path, Served};
 
 /// How long an idle client connection waits for its next request (pingora's default).
 const KEEPALIVE_SECS: u64 = 60;
+const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECS);
 
 /// One worker's data-plane application: the HTTP/1 loop, with pingora_proxy behind it.
 pub struct Front {
@@ -83,6 +86,160 @@ impl Front {
     }
 }
 
+/// What a served request leaves.
+enum After {
+    /// The connection, ready for its next request.
+    Next(Box<Conn>),
+    /// The end of this loop: what pingora_proxy returned, or nothing.
+    End(Option<Stream>),
+}
+
+impl Front {
+    /// Serve a plain request ([`client`]) through [`Gateway::serve`], with a [`Client`] as
+    /// the session's downstream.
+    ///
+    /// `session` is the connection's, made once: its downstream is the only part a request
+    /// served this way touches (no cache, modules or subrequests run here), and it is
+    /// replaced for each request.
+    async fn serve_plain(
+        self: &Arc<Self>,
+        session: &mut Session,
+        conn: Box<Conn>,
+        plain: Box<Plain>,
+        home: &Home,
+        shutdown: &ShutdownWatch,
+    ) -> After {
+        let client = Client::new(conn, Arc::clone(home), plain, *shutdown.borrow());
+        *session.downstream_session = ServerSession::new_custom(Box::new(client));
+        let mut ctx = Ctx::default();
+        let reuse = match self.gateway.serve(session, &mut ctx, Path::Front).await {
+            Ok(Served::Answered) => {
+                self.gateway.record(session, &ctx);
+                true
+            }
+            Ok(Served::Proxy) => {
+                let raw = session
+                    .as_downstream()
+                    .as_custom()
+                    .map(|c| c.pseudo_raw_h1_request_header())
+                    .unwrap_or_default();
+                vacate(session);
+                let Some(conn) = client::take_home(home) else {
+                    return After::End(None);
+                };
+                return After::End(
+                    self.proxy
+                        .process_new(conn.into_replay(&raw), shutdown)
+                        .await,
+                );
+            }
+            Err(e) => {
+                let failed = self.gateway.fail_to_proxy(session, &e, &mut ctx).await;
+                tracing::error!(
+                    "Fail to filter request: {e}, status: {}, {}",
+                    failed.error_code,
+                    self.gateway.request_summary(session, &ctx)
+                );
+                self.gateway.record(session, &ctx);
+                failed.can_reuse_downstream
+            }
+        };
+        vacate(session);
+        match client::take_home(home) {
+            Some(conn) if reuse && conn.reusable() => After::Next(conn),
+            _ => After::End(None),
+        }
+    }
+
+    /// Serve a request that is not plain with pingora's own HTTP/1 session reading it, from
+    /// its first byte, as pingora_proxy would; hand it over if the direct path does not take
+    /// it.
+    async fn serve_other(self: &Arc<Self>, mut conn: Box<Conn>, shutdown: &ShutdownWatch) -> After {
+        conn.put_back();
+        let mut replay = conn.take_replay();
+        // Kept from its first byte, in case it is handed over.
+        replay.mark(b"");
+        let mut session = Session::new_h1(replay);
+        let downstream = session.as_downstream_mut();
+        downstream.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(KEEPALIVE_SECS)
+        });
+        let read = tokio::select! {
+            // A request already buffered is served even when shutting down.
+            biased;
+            read = downstream.read_request() => read,
+            _ = self.closing() => return After::End(None),
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return After::End(None),
+            Err(e) => {
+                // As pingora_proxy answers a request it cannot parse.
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    tracing::debug!("unparsable request: {e}");
+                    if let Err(e) = session.respond_error(400).await {
+                        tracing::debug!("could not answer an unparsable request: {e}");
+                    }
+                }
+                session.as_downstream_mut().shutdown().await;
+                return After::End(None);
+            }
+        }
+        // What the direct path forwards; CONNECT and all else go to pingora_proxy, which
+        // refuses or forwards them as before.
+        if !direct::simple(&mut session) {
+            return After::End(self.hand_over(session, shutdown).await);
+        }
+
+        let mut ctx = Ctx::default();
+        let reuse = match self
+            .gateway
+            .serve(&mut session, &mut ctx, Path::Front)
+            .await
+        {
+            Ok(Served::Answered) => {
+                self.gateway.record(&session, &ctx);
+                true
+            }
+            Ok(Served::Proxy) => return After::End(self.hand_over(session, shutdown).await),
+            Err(e) => {
+                let failed = self.gateway.fail_to_proxy(&mut session, &e, &mut ctx).await;
+                tracing::error!(
+                    "Fail to filter request: {e}, status: {}, {}",
+                    failed.error_code,
+                    self.gateway.request_summary(&session, &ctx)
+                );
+                self.gateway.record(&session, &ctx);
+                failed.can_reuse_downstream
+            }
+        };
+        if !reuse {
+            return After::End(None);
+        }
+        let Some(reused) = session.downstream_session.finish().await.ok().flatten() else {
+            return After::End(None);
+        };
+        let (stream, prefix) = reused.into_parts();
+        let Ok(mut replay) = stream.into_any().downcast::<Replay>() else {
+            return After::End(None);
+        };
+        replay.unmark();
+        conn.replay = replay;
+        if let Some(prefix) = prefix {
+            conn.carry(&prefix);
+        }
+        After::Next(conn)
+    }
+}
+
+/// End the request's [`Client`], which sends the connection home: the downstream becomes
+/// pingora's inert stand-in (no allocation) until the next request's client replaces it.
+fn vacate(session: &mut Session) {
+    *session.downstream_session = ServerSession::new_custom(Box::new(()));
+}
+
 #[async_trait]
 impl ServerApp for Front {
     async fn process_new(
@@ -98,88 +255,30 @@ impl ServerApp for Front {
         if !matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1)) {
             return self.proxy.process_new(stream, shutdown).await;
         }
-        let mut replay = Box::new(Replay::new(stream));
-        let mut carried: Option<HttpPersistentSettings> = None;
-        let mut already: Option<bytes::BytesMut> = None;
+        let home: Home = Arc::new(Mutex::new(None));
+        let mut conn = Conn::new(Box::new(Replay::new(stream)));
+        let mut session: Option<Session> = None;
+        let closing = self.closing();
+        tokio::pin!(closing);
         loop {
-            replay.mark(already.as_deref().unwrap_or_default());
-            let mut session = Session::new_h1(replay);
-            let downstream = session.as_downstream_mut();
-            match carried.take() {
-                Some(settings) => settings.apply_to_session(downstream),
-                None => downstream.set_keepalive(Some(KEEPALIVE_SECS)),
-            }
-            if *shutdown.borrow() {
-                downstream.set_keepalive(None);
-            }
-
-            let read = tokio::select! {
-                // A request already buffered is served even when shutting down.
+            let next = tokio::select! {
                 biased;
-                read = downstream.read_request() => read,
-                _ = self.closing() => return None,
+                next = conn.next(KEEPALIVE) => next,
+                () = &mut closing => return None,
             };
-            match read {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(e) => {
-                    // As pingora_proxy answers a request it cannot parse.
-                    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                        tracing::debug!("unparsable request: {e}");
-                        if let Err(e) = session.respond_error(400).await {
-                            tracing::debug!("could not answer an unparsable request: {e}");
-                        }
-                    }
-                    session.as_downstream_mut().shutdown().await;
-                    return None;
+            let after = match next {
+                Next::Closed => return None,
+                Next::Plain(plain) => {
+                    let session = session.get_or_insert_with(|| Session::new_h1(Box::new(Vacant)));
+                    self.serve_plain(session, conn, plain, &home, shutdown)
+                        .await
                 }
-            }
-            // What the direct path forwards; CONNECT and all else go to pingora_proxy, which
-            // refuses or forwards them as before.
-            if !direct::simple(&mut session) {
-                return self.hand_over(session, shutdown).await;
-            }
-
-            let mut ctx = Ctx::default();
-            let reuse = match self
-                .gateway
-                .serve(&mut session, &mut ctx, Path::Front)
-                .await
-            {
-                Ok(Served::Answered) => {
-                    self.gateway.record(&session, &ctx);
-                    true
-                }
-                Ok(Served::Proxy) => return self.hand_over(session, shutdown).await,
-                Err(e) => {
-                    let failed = self.gateway.fail_to_proxy(&mut session, &e, &mut ctx).await;
-                    tracing::error!(
-                        "Fail to filter request: {e}, status: {}, {}",
-                        failed.error_code,
-                        self.gateway.request_summary(&session, &ctx)
-                    );
-                    self.gateway.record(&session, &ctx);
-                    failed.can_reuse_downstream
-                }
+                Next::Other => self.serve_other(conn, shutdown).await,
             };
-            if !reuse {
-                return None;
-            }
-            let settings = HttpPersistentSettings::for_session(session.as_downstream());
-            let (stream, prefix) = session
-                .downstream_session
-                .finish()
-                .await
-                .ok()
-                .flatten()?
-                .into_parts();
-            replay = stream.into_any().downcast::<Replay>().ok()?;
-            let mut settings = settings;
-            if let Some(prefix) = &prefix {
-                settings.set_pipelined_prefix(prefix.clone());
-            }
-            already = prefix;
-            carried = Some(settings);
+            conn = match after {
+                After::Next(conn) => conn,
+                After::End(stream) => return stream,
+            };
         }
     }
 

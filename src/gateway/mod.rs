@@ -4,6 +4,7 @@
 //! that returns a typed outcome; the modules know nothing of pingora.
 
 pub mod admit;
+pub mod client;
 pub mod direct;
 pub mod fast;
 pub mod front;
@@ -58,7 +59,7 @@ impl Gateway {
         err: RequestError,
     ) -> pingora::Result<Served> {
         let hsts = self.shared.runtime.load().hsts.clone();
-        respond::error(session, &err, &hsts).await?;
+        respond::error(session, &err, &hsts, false).await?;
         ctx.refused = Some(err);
         Ok(Served::Answered)
     }
@@ -284,10 +285,14 @@ impl Gateway {
             .and_then(|s| s.extension.get::<HandshakeInfo>())
             .and_then(|h| h.sni.as_deref());
         let authority = req.uri.authority().map(|a| a.as_str());
-        let raw_header = session
-            .as_downstream()
-            .as_http1()
-            .map(|h1| h1.get_headers_raw_bytes());
+        let downstream = session.as_downstream();
+        let raw_header = match downstream.as_http1() {
+            Some(h1) => Some(h1.get_headers_raw_bytes()),
+            // A plain request read by [`client`]: the header as received.
+            None => downstream
+                .as_custom()
+                .map(|c| c.pseudo_raw_h1_request_header()),
+        };
         let facts = RequestFacts {
             sni,
             version: req.version,
@@ -617,7 +622,7 @@ impl ProxyHttp for Gateway {
             .response_written()
             .is_none_or(|r| r.status.is_informational() && r.status != 101)
         {
-            if let Err(write_err) = respond::error(session, &err, &hsts).await {
+            if let Err(write_err) = respond::error(session, &err, &hsts, true).await {
                 tracing::debug!("could not send error page: {write_err}");
             }
         }

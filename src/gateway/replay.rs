@@ -89,16 +89,37 @@ impl Replay {
         self.overflowed = false;
     }
 
-    /// Stop keeping; the next reads return everything kept since the mark, then read on.
-    /// A stream replays once (a connection is handed over once). `false` if it cannot: the
-    /// kept bytes were lost (over [`MAX_KEPT`]) or an earlier replay is still unread.
+    /// Stop keeping; the next reads return everything kept since the mark, then whatever was
+    /// still to be read again, then read on. `false` if it cannot: the kept bytes were lost
+    /// (over [`MAX_KEPT`]).
     pub fn rewind(&mut self) -> bool {
         self.keeping = false;
-        if self.overflowed || !self.again.is_empty() {
+        if self.overflowed {
             return false;
         }
-        self.again = self.kept.split().freeze();
+        let kept = self.kept.split().freeze();
+        self.unread(kept);
         true
+    }
+
+    /// Stop keeping, and drop what was kept.
+    pub fn unmark(&mut self) {
+        self.keeping = false;
+        self.overflowed = false;
+        self.kept = BytesMut::new();
+    }
+
+    /// Put `bytes`, read from this stream earlier, back in front of whatever is to be read
+    /// next.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if self.again.is_empty() {
+            self.again = bytes;
+        } else if !bytes.is_empty() {
+            let mut both = BytesMut::with_capacity(bytes.len() + self.again.len());
+            both.extend_from_slice(&bytes);
+            both.extend_from_slice(&self.again);
+            self.again = both.freeze();
+        }
     }
 }
 
@@ -123,6 +144,10 @@ impl AsyncRead for Replay {
         if !this.again.is_empty() {
             let n = this.again.len().min(buf.remaining());
             buf.put_slice(&this.again[..n]);
+            if this.keeping && !this.overflowed {
+                // Read again, so kept again: a second rewind must replay them too.
+                this.kept.extend_from_slice(&this.again[..n]);
+            }
             this.again.advance(n);
             return Poll::Ready(Ok(()));
         }
@@ -317,19 +342,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stream_replays_once() {
+    async fn bytes_put_back_are_read_first_and_kept_like_any_other() {
         let (mut replay, mut peer) = pair();
+        replay.unread(Bytes::from_static(b"GET / HTTP/1.1\r\n"));
+        replay.unread(Bytes::from_static(b"\r\n"));
+        // Marked after the bytes were put back: they are kept when read.
         replay.mark(b"");
-        peer.write_all(b"GET").await.unwrap();
-        let mut buf = [0u8; 3];
-        replay.read_exact(&mut buf).await.unwrap();
+        peer.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        let mut first = vec![0u8; 11];
+        replay.read_exact(&mut first).await.unwrap();
+        assert_eq!(first, b"\r\nGET / HTT");
+        // Rewound with part of the put-back bytes unread: kept first, then the rest.
         assert!(replay.rewind());
-        assert!(
-            !replay.rewind(),
-            "a second rewind before the first replay was read"
-        );
-        replay.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"GET");
+        let mut all = vec![0u8; 11 + 7 + 11];
+        replay.read_exact(&mut all).await.unwrap();
+        assert_eq!(all, b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        // Nothing kept since: a second rewind replays nothing more.
+        assert!(replay.rewind());
+        peer.write_all(b"next").await.unwrap();
+        let mut next = [0u8; 4];
+        replay.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"next");
     }
 
     #[tokio::test]

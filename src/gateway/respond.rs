@@ -39,11 +39,13 @@ pub fn error_body(err: &RequestError, json: bool) -> (Bytes, &'static str) {
 }
 
 /// Write an error answer to the client. After errors that leave the byte stream untrustworthy
-/// (framing, oversized messages) the connection is closed.
+/// (framing, oversized messages), and when `close` asks, the answer says `Connection: close`
+/// and the connection is closed after it.
 pub async fn error(
     session: &mut Session,
     err: &RequestError,
     hsts: &HeaderValue,
+    close: bool,
 ) -> pingora::Result<()> {
     let json = wants_json(session.req_header().headers.get(http::header::ACCEPT));
     let (body, content_type) = error_body(err, json);
@@ -55,7 +57,7 @@ pub async fn error(
     resp.insert_header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
     resp.insert_header(http::header::CONTENT_SECURITY_POLICY, "default-src 'none'")?;
     resp.insert_header(http::header::X_FRAME_OPTIONS, "DENY")?;
-    if err.closes_connection() {
+    if close || err.closes_connection() {
         resp.insert_header(http::header::CONNECTION, "close")?;
         session.set_keepalive(None);
     }
