@@ -205,3 +205,93 @@ async fn a_get_for_a_tls_upstream_is_left_to_pingora_proxy() {
         "the upstream got plain bytes, not a TLS handshake record"
     );
 }
+
+/// A plain request header that arrives in pieces (src/gateway/client.rs reads it into the
+/// connection's buffer until it is whole) is served once, whole.
+#[tokio::test]
+async fn a_request_header_split_over_writes_is_read_whole() {
+    let gw = Gateway::start_default();
+    let mut conn = served_once(&gw).await;
+    let bytes = request_bytes("GET", "/split?x=1", ACME, KEEP, b"");
+    for piece in bytes.chunks(7) {
+        conn.send(piece).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = echoed(&next(&mut conn, "split GET").await, "split GET");
+    assert_eq!(e.path, "/split?x=1");
+    conn.send(&request_bytes("GET", "/after", ACME, KEEP, b""))
+        .await;
+    let e = echoed(&next(&mut conn, "GET /after").await, "GET /after");
+    assert_eq!(e.path, "/after");
+    assert!(!conn.closed);
+}
+
+/// The attack: a GET that declares a body, the body being a second request. A GET with a
+/// length is not plain, so pingora's session frames it: the hidden request travels as the
+/// carrier's body (or not at all), and is never served as a request of its own.
+#[tokio::test]
+async fn a_request_hidden_in_the_body_of_a_get_is_never_served() {
+    let gw = Gateway::start_default();
+    let mut conn = served_once(&gw).await;
+    let hidden = format!("GET /smuggled HTTP/1.1\r\nHost: {ACME}\r\n\r\n");
+    conn.send(&request_bytes(
+        "GET",
+        "/carrier",
+        ACME,
+        KEEP,
+        hidden.as_bytes(),
+    ))
+    .await;
+    let first = next(&mut conn, "GET /carrier").await;
+    let forwarded = first.status == 200;
+    if forwarded {
+        let e = echoed(&first, "GET /carrier");
+        assert_eq!(
+            (e.path.as_str(), e.body_len),
+            ("/carrier", hidden.len() as u64)
+        );
+    } else {
+        assert!((400..500).contains(&first.status), "{}", first.text());
+    }
+    if !conn.closed {
+        conn.send(&request_bytes("GET", "/after", ACME, KEEP, b""))
+            .await;
+        let after = echoed(&next(&mut conn, "GET /after").await, "GET /after");
+        assert_eq!(
+            after.path, "/after",
+            "the next answer is the next request's"
+        );
+    }
+    assert!(!String::from_utf8_lossy(&conn.buf).contains("\"path\":\"/smuggled\""));
+    // At most once at the backend: inside the carrier's body.
+    let seen = gw.backend_traffic().matches("GET /smuggled").count();
+    assert_eq!(
+        seen,
+        usize::from(forwarded),
+        "the hidden request reached the backend alone"
+    );
+}
+
+/// A client that asks to close gets an answer that says so, and the connection ends after it.
+#[tokio::test]
+async fn a_client_that_asks_to_close_is_told_and_the_connection_ends() {
+    let gw = Gateway::start_default();
+    let reply = gw
+        .raw(
+            ACME,
+            &request_bytes("GET", "/bye", ACME, &["Connection: close"], b""),
+        )
+        .await;
+    let r = reply.single();
+    assert_eq!(echoed(&r, "GET /bye").path, "/bye");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(reply.closed);
+
+    // Without asking, the connection stays and the answer says keep-alive.
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(&request_bytes("GET", "/stay", ACME, KEEP, b""))
+        .await;
+    let r = next(&mut conn, "GET /stay").await;
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    assert!(!conn.closed);
+}

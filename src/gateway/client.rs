@@ -1274,6 +1274,32 @@ mod tests {
         ));
     }
 
+    /// The quiet timer is armed once and moved on by reads: a header that trickles in over
+    /// longer than `idle`, each piece within it, is read; then `idle` of quiet closes.
+    #[tokio::test]
+    async fn reads_keep_a_connection_from_being_quiet() {
+        let idle = Duration::from_millis(300);
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(Box::new(Replay::new(Box::new(ours))));
+        let writer = tokio::spawn(async move {
+            for piece in GET.chunks(4) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                theirs.write_all(piece).await.unwrap();
+            }
+            theirs
+        });
+        let started = Instant::now();
+        assert!(matches!(conn.next(idle).await, Next::Plain(_)));
+        assert!(
+            started.elapsed() > idle,
+            "the header took longer than idle to arrive"
+        );
+        let _theirs = writer.await.unwrap();
+        let quiet = Instant::now();
+        assert!(matches!(conn.next(idle).await, Next::Closed));
+        assert!(quiet.elapsed() >= idle - Duration::from_millis(20));
+    }
+
     #[tokio::test]
     async fn a_quiet_or_half_sent_connection_is_closed() {
         let (ours, mut theirs) = tokio::io::duplex(1024);
