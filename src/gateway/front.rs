@@ -7,10 +7,12 @@
 //! need none of it: a body-less GET or HEAD to a plain-HTTP upstream goes over the direct path
 //! ([`super::direct`]) anyway.
 //!
-//! So the loop here reads each request header itself — with pingora's own HTTP/1 parser and
-//! session, the same as pingora_proxy would use — and serves such requests through
-//! [`Gateway::serve`] on a state that lives once per connection. Every other request (a body,
-//! an upgrade, CONNECT aside, a TLS upstream) and every HTTP/2 connection go to pingora_proxy
+//! So the loop reads each request header itself. A plain one ([`client`]: HTTP/1.1 `GET` or
+//! `HEAD`, no body by its fields) is served through [`Gateway::serve`] with a [`Client`] as the
+//! session's downstream, without pingora's HTTP/1 server session. Any other request is put
+//! back and read, from its first byte, by pingora's own HTTP/1 session; the body-less GET and
+//! HEAD among them are served the same way on that session. Every other request (a body, an
+//! upgrade, CONNECT aside, a TLS upstream) and every HTTP/2 connection go to pingora_proxy
 //! unchanged: the connection is handed over, and [`Replay`] makes pingora_proxy read the
 //! request from its first byte, as if nothing had touched it. The decision to hand over is made
 //! before anything about the request is counted, looked up or written.
@@ -111,38 +113,21 @@ impl Front {
     ) -> After {
         let client = Client::new(conn, Arc::clone(home), plain, *shutdown.borrow());
         *session.downstream_session = ServerSession::new_custom(Box::new(client));
-        let mut ctx = Ctx::default();
-        let reuse = match self.gateway.serve(session, &mut ctx, Path::Front).await {
-            Ok(Served::Answered) => {
-                self.gateway.record(session, &ctx);
-                true
-            }
-            Ok(Served::Proxy) => {
-                let raw = session
-                    .as_downstream()
-                    .as_custom()
-                    .map(|c| c.pseudo_raw_h1_request_header())
-                    .unwrap_or_default();
-                vacate(session);
-                let Some(conn) = client::take_home(home) else {
-                    return After::End(None);
-                };
-                return After::End(
-                    self.proxy
-                        .process_new(conn.into_replay(&raw), shutdown)
-                        .await,
-                );
-            }
-            Err(e) => {
-                let failed = self.gateway.fail_to_proxy(session, &e, &mut ctx).await;
-                tracing::error!(
-                    "Fail to filter request: {e}, status: {}, {}",
-                    failed.error_code,
-                    self.gateway.request_summary(session, &ctx)
-                );
-                self.gateway.record(session, &ctx);
-                failed.can_reuse_downstream
-            }
+        let Some(reuse) = self.answer(session).await else {
+            let raw = session
+                .as_downstream()
+                .as_custom()
+                .map(|c| c.pseudo_raw_h1_request_header())
+                .unwrap_or_default();
+            vacate(session);
+            let Some(conn) = client::take_home(home) else {
+                return After::End(None);
+            };
+            return After::End(
+                self.proxy
+                    .process_new(conn.into_replay(&raw), shutdown)
+                    .await,
+            );
         };
         vacate(session);
         match client::take_home(home) {
@@ -193,27 +178,8 @@ impl Front {
             return After::End(self.hand_over(session, shutdown).await);
         }
 
-        let mut ctx = Ctx::default();
-        let reuse = match self
-            .gateway
-            .serve(&mut session, &mut ctx, Path::Front)
-            .await
-        {
-            Ok(Served::Answered) => {
-                self.gateway.record(&session, &ctx);
-                true
-            }
-            Ok(Served::Proxy) => return After::End(self.hand_over(session, shutdown).await),
-            Err(e) => {
-                let failed = self.gateway.fail_to_proxy(&mut session, &e, &mut ctx).await;
-                tracing::error!(
-                    "Fail to filter request: {e}, status: {}, {}",
-                    failed.error_code,
-                    self.gateway.request_summary(&session, &ctx)
-                );
-                self.gateway.record(&session, &ctx);
-                failed.can_reuse_downstream
-            }
+        let Some(reuse) = self.answer(&mut session).await else {
+            return After::End(self.hand_over(session, shutdown).await);
         };
         if !reuse {
             return After::End(None);
@@ -231,6 +197,30 @@ impl Front {
             conn.carry(&prefix);
         }
         After::Next(conn)
+    }
+}
+
+impl Front {
+    /// Serve the request read into `session` on the direct path and record it. `None` if it
+    /// is pingora_proxy's to serve (nothing was written); else whether the connection may
+    /// serve another request.
+    async fn answer(&self, session: &mut Session) -> Option<bool> {
+        let mut ctx = Ctx::default();
+        let reuse = match self.gateway.serve(session, &mut ctx, Path::Front).await {
+            Ok(Served::Answered) => true,
+            Ok(Served::Proxy) => return None,
+            Err(e) => {
+                let failed = self.gateway.fail_to_proxy(session, &e, &mut ctx).await;
+                tracing::error!(
+                    "Fail to filter request: {e}, status: {}, {}",
+                    failed.error_code,
+                    self.gateway.request_summary(session, &ctx)
+                );
+                failed.can_reuse_downstream
+            }
+        };
+        self.gateway.record(session, &ctx);
+        Some(reuse)
     }
 }
 

@@ -1,10 +1,10 @@
 //! A client connection that can read again what it has read since a mark.
 //!
-//! [`super::front`] reads each HTTP/1 request header itself, with pingora's parser, and serves
-//! the common case on its own. For any other request it hands the connection to pingora_proxy,
-//! which must then see the request from its first byte: this wrapper keeps a copy of every byte
-//! read since [`Replay::mark`], and after [`Replay::rewind`] returns those bytes again before
-//! reading on. Writes are held back until a flush, so that a small response goes out as one TLS
+//! [`super::front`] reads each HTTP/1 request header itself and serves the common case on its
+//! own. Any other request goes to pingora's HTTP/1 session or to pingora_proxy, which must then
+//! see the request from its first byte: [`Replay::unread`] puts bytes already read back in
+//! front of the stream, and this wrapper keeps a copy of every byte read since [`Replay::mark`],
+//! which [`Replay::rewind`] puts back the same way. Writes are held back until a flush, so that a small response goes out as one TLS
 //! record; TLS facts and digests pass straight through.
 
 use std::fmt;
