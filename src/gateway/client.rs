@@ -241,6 +241,10 @@ fn take_plain(buf: &mut BytesMut) -> Parsed {
         }
         if eq(name, "host") {
             hosts += 1;
+            // pingora refuses userinfo in Host (400); its session gives that answer.
+            if field.value.contains(&b'@') {
+                return Parsed::Other;
+            }
         } else if eq(name, "connection")
             && field
                 .value
@@ -928,6 +932,7 @@ mod tests {
             b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: evil@a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n c\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX\0: b\r\n\r\n",
@@ -1043,6 +1048,8 @@ mod tests {
             &[b"Host: a", b"X : b"],
             &[b"Host: a", b"X: b", b" folded"],
             &[b"Host: a", b"Upgrade: h2c"],
+            &[b"Host: user@a"],
+            &[b"Host: a:443", b"X-Forwarded-Host: b@c"],
         ];
         let mut checked = 0;
         for line in lines {
@@ -1078,7 +1085,7 @@ mod tests {
             b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nX-A: b\r\n\r\n",
             b"GET / HTTP/1.1\nHost: a\nAccept: */*\n\n",
         ];
-        let alphabet: &[u8] = b"\r\n \t:,;0123456789GETHOSPLCNx/?#%\x00\x7f\x80\xff";
+        let alphabet: &[u8] = b"\r\n \t:,;@0123456789GETHOSPLCNx/?#%\x00\x7f\x80\xff";
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_f00d);
         let (mut plain, mut tried) = (0, 0);
         for _ in 0..3000 {
