@@ -113,3 +113,71 @@ Connection: close\r\n\r\n{body}"
         "the whole over-cap chunked body reached the backend"
     );
 }
+
+/// Header blocks larger than the gateway reads itself (16 KiB, src/gateway/client.rs) go to
+/// pingora's session, from their first byte: under a 64 KiB cap a 30 KB header block is
+/// served whole, 80 fields (more than it reads itself) too, and 70 KB gets 431; a small
+/// request on the same connection afterwards is read as usual.
+#[tokio::test]
+async fn header_blocks_too_large_to_read_here_are_read_by_pingora_under_the_cap() {
+    let gw = Gateway::start(Opts {
+        max_header_bytes: Some(65_536),
+        ..Opts::default()
+    });
+    let mut conn = gw.raw_connect("acme.localhost").await.expect("connect");
+    let big = format!("X-Filler: {}", "a".repeat(30_000));
+    conn.send(&request_bytes(
+        "GET",
+        "/api/big",
+        "acme.localhost",
+        &[&big, "Connection: keep-alive"],
+        b"",
+    ))
+    .await;
+    let r = conn
+        .read_response(std::time::Duration::from_secs(10))
+        .await
+        .expect("an answer to the 30 KB header");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.echo().expect("the echo backend's answer");
+    assert_eq!(echo.header_all("x-filler"), vec!["a".repeat(30_000)]);
+
+    // 80: past the 64 read here, under the echo backend's own limit of 100.
+    let many: Vec<String> = (0..80).map(|i| format!("X-F-{i}: {i}")).collect();
+    let mut lines: Vec<&str> = many.iter().map(String::as_str).collect();
+    lines.push("Connection: keep-alive");
+    conn.send(&request_bytes(
+        "GET",
+        "/api/many",
+        "acme.localhost",
+        &lines,
+        b"",
+    ))
+    .await;
+    let r = conn
+        .read_response(std::time::Duration::from_secs(10))
+        .await
+        .expect("an answer to 80 fields");
+    let echo = r
+        .echo()
+        .unwrap_or_else(|| panic!("not the echo: {} {:?} {}", r.status, r.headers, r.text()));
+    assert_eq!(echo.header_all("x-f-79"), vec!["79"]);
+
+    conn.send(&request_bytes(
+        "GET",
+        "/api/small",
+        "acme.localhost",
+        &["Connection: keep-alive"],
+        b"",
+    ))
+    .await;
+    let r = conn
+        .read_response(std::time::Duration::from_secs(10))
+        .await
+        .expect("an answer to the small request after them");
+    assert_eq!(r.echo().expect("echo").path, "/api/small");
+
+    let huge = format!("X-Filler: {}", "a".repeat(70_000));
+    let resp = gw.raw_get("acme.localhost", "/api/huge", &[&huge]).await;
+    assert_eq!(resp.status, 431, "70 KB over a 64 KiB cap");
+}
