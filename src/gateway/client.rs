@@ -20,7 +20,7 @@
 //! HTTP/1 session does: `Date` and `Connection` set, the body framed by `Content-Length`,
 //! chunked, or by closing the connection, and no body after `HEAD`, 204 or 304.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -548,7 +548,8 @@ impl Client {
             }
             Body::Chunked => {
                 if !data.is_empty() {
-                    let _ = write!(ChunkSize(&mut conn.out), "{:x}\r\n", data.len());
+                    // Writing into a Vec cannot fail.
+                    let _ = write!(conn.out, "{:x}\r\n", data.len());
                     conn.out.extend_from_slice(&data);
                     conn.out.extend_from_slice(b"\r\n");
                     self.sent += data.len();
@@ -576,16 +577,6 @@ impl Client {
             return Ok(());
         }
         self.send(flush).await
-    }
-}
-
-/// `write!` into a `Vec<u8>` through `fmt::Write`.
-struct ChunkSize<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for ChunkSize<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 

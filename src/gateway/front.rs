@@ -198,9 +198,7 @@ impl Front {
         }
         After::Next(conn)
     }
-}
 
-impl Front {
     /// Serve the request read into `session` on the direct path and record it. `None` if it
     /// is pingora_proxy's to serve (nothing was written); else whether the connection may
     /// serve another request.
