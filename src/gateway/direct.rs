@@ -15,15 +15,25 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
-use pingora::protocols::Stream;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, OrErr};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::fast::{self, Head, Simple};
@@ -134,14 +144,14 @@ where
     });
 }
 
-/// A pooled connection to `addr` that is still open and quiet, if any.
-fn pooled(addr: SocketAddr, idle: Duration) -> Option<Stream> {
+/// A pooled connection to `addr` that is still open and quiet at `now`, if any.
+fn pooled(addr: SocketAddr, idle: Duration, now: Instant) -> Option<Stream> {
     loop {
         let (mut stream, since) = IDLE.with(|p| {
             let mut pool = p.borrow_mut();
             pool.by_addr.iter_mut().find(|(a, _)| *a == addr)?.1.pop()
         })?;
-        if since.elapsed() >= idle {
+        if now.saturating_duration_since(since) >= idle {
             continue;
         }
         // An idle HTTP/1 connection has nothing to say: readable means closed or broken.
@@ -155,9 +165,10 @@ fn pooled(addr: SocketAddr, idle: Duration) -> Option<Stream> {
     }
 }
 
-fn keep(addr: SocketAddr, stream: Stream) {
-    let now = Instant::now();
-    IDLE.with(|p| p.borrow_mut().keep(addr, stream, now));
+/// Pool `stream`, quiet since `since` (when its response header came: the upstream's own idle
+/// time started no earlier, so the pool's timeout never outlasts the upstream's).
+fn keep(addr: SocketAddr, stream: Stream, since: Instant) {
+    IDLE.with(|p| p.borrow_mut().keep(addr, stream, since));
 }
 
 async fn connect(addr: SocketAddr, timeouts: &Timeouts) -> pingora::Result<Stream> {
@@ -168,8 +179,80 @@ async fn connect(addr: SocketAddr, timeouts: &Timeouts) -> pingora::Result<Strea
     };
     tcp.set_nodelay(true)
         .or_err(ErrorType::ConnectError, "setting TCP_NODELAY")?;
-    Ok(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)))
+    Ok(Box::new(Upstream(tcp)))
 }
+
+/// An upstream connection of this path, as pingora's transport: the TCP stream itself.
+/// pingora's own (`l4::Stream`) adds a write buffer this path never needs (a request goes out
+/// in one write) and times every read that waits, two clock readings per request; it keeps no
+/// digest this path reports.
+#[derive(Debug)]
+pub struct Upstream(pub TcpStream);
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Upstream {
+    async fn shutdown(&mut self) {
+        // A failed shutdown leaves nothing to do: the socket closes when dropped.
+        let _ = AsyncWriteExt::shutdown(&mut self.0).await;
+    }
+}
+
+impl UniqueID for Upstream {
+    fn id(&self) -> UniqueIDType {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Ssl for Upstream {}
+
+impl GetTimingDigest for Upstream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for Upstream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for Upstream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        None
+    }
+}
+
+#[async_trait]
+impl Peek for Upstream {}
 
 /// Interim responses relayed for one request at most, on either upstream path; an upstream
 /// that sends more is broken or hostile, and the exchange ends with an upstream error (502)
@@ -199,9 +282,10 @@ async fn exchange(
     session: &mut Session,
     build: &impl Fn(&Session) -> pingora::Result<Vec<u8>>,
     timeouts: &Timeouts,
+    sent: Instant,
 ) -> pingora::Result<Answer> {
     let head_request = session.req_header().method == Method::HEAD;
-    let mut reused = pooled(addr, timeouts.idle);
+    let mut reused = pooled(addr, timeouts.idle, sent);
     loop {
         let was_reused = reused.is_some();
         let mut stream = match reused.take() {
@@ -300,15 +384,24 @@ async fn read_final_header(
 
 /// Forward the client's request, as `build` prepares it for the upstream, to `addr` and stream
 /// the answer to the client. The client's response header is the upstream's without
-/// hop-by-hop fields, as `finish` completes it (HSTS, metrics).
+/// hop-by-hop fields, as `finish` completes it (HSTS; metrics, with how long the upstream
+/// took to answer).
 pub async fn forward(
     session: &mut Session,
     addr: SocketAddr,
     build: impl Fn(&Session) -> pingora::Result<Vec<u8>>,
     timeouts: &Timeouts,
-    finish: impl FnOnce(&mut ResponseParts),
+    finish: impl FnOnce(&mut ResponseParts, Duration),
 ) -> pingora::Result<()> {
-    match exchange(addr, session, &build, timeouts).await? {
+    let sent = Instant::now();
+    // One reading of the clock for the answer too: the latency and the pooled connection's
+    // idle start.
+    let finish = |parts: &mut ResponseParts| {
+        let answered = Instant::now();
+        finish(parts, answered.saturating_duration_since(sent));
+        answered
+    };
+    match exchange(addr, session, &build, timeouts, sent).await? {
         Answer::Simple(stream, simple) => {
             relay_simple(session, addr, stream, simple, timeouts, finish).await
         }
@@ -323,7 +416,7 @@ async fn relay_simple(
     mut stream: Stream,
     simple: Simple,
     timeouts: &Timeouts,
-    finish: impl FnOnce(&mut ResponseParts),
+    finish: impl FnOnce(&mut ResponseParts) -> Instant,
 ) -> pingora::Result<()> {
     let Simple {
         mut parts,
@@ -331,7 +424,7 @@ async fn relay_simple(
         preread,
         keepalive,
     } = simple;
-    finish(&mut parts);
+    let answered = finish(&mut parts);
     let mut remaining = body_len - preread.len() as u64;
     session
         .write_response_header(Box::new(ResponseHeader::from(parts)), body_len == 0)
@@ -347,7 +440,7 @@ async fn relay_simple(
     }
     session.write_response_body(None, true).await?;
     if keepalive {
-        keep(addr, stream);
+        keep(addr, stream, answered);
     }
     Ok(())
 }
@@ -357,7 +450,7 @@ async fn relay_other(
     session: &mut Session,
     addr: SocketAddr,
     mut upstream: UpstreamSession,
-    finish: impl FnOnce(&mut ResponseParts),
+    finish: impl FnOnce(&mut ResponseParts) -> Instant,
 ) -> pingora::Result<()> {
     let head = session.req_header().method == Method::HEAD;
     upstream.respect_keepalive();
@@ -366,7 +459,7 @@ async fn relay_other(
     };
     // Room for HSTS and the Transfer-Encoding added below.
     let mut header = client_response(upstream_header, 2);
-    finish(&mut header);
+    let answered = finish(&mut header);
     let done = upstream.is_body_done();
     // As pingora_proxy does: a response framed by the connection's close goes to the client
     // chunked, so the client's connection can stay open.
@@ -398,7 +491,7 @@ async fn relay_other(
         .and_then(|stream| stream.into_any().downcast::<Replay>().ok())
         .and_then(|replay| replay.into_inner());
     if let Some(stream) = unwrapped {
-        keep(addr, stream);
+        keep(addr, stream, answered);
     }
     Ok(())
 }
@@ -416,7 +509,7 @@ mod tests {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..n {
             let tcp = TcpStream::connect(addr).await.expect("connect");
-            ours.push(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)) as Stream);
+            ours.push(Box::new(Upstream(tcp)) as Stream);
             theirs.push(listener.accept().await.expect("accept").0);
         }
         (addr, ours, theirs)
@@ -429,6 +522,37 @@ mod tests {
             tokio::time::timeout(wait, theirs.read(&mut byte)).await,
             Ok(Ok(0) | Err(_))
         )
+    }
+
+    /// The transport passes bytes both ways unbuffered, and its shutdown ends the request
+    /// side (pingora's client session shuts down a connection it will not reuse).
+    #[tokio::test]
+    async fn the_upstream_transport_passes_bytes_and_shuts_down() {
+        use tokio::io::AsyncWriteExt as _;
+        let (_, mut ours, mut theirs) = streams(1).await;
+        let (mut ours, mut theirs) = (ours.remove(0), theirs.remove(0));
+        ours.write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = [0u8; 18];
+        tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut got))
+            .await
+            .expect("the request arrives without a flush")
+            .expect("read");
+        assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
+        theirs
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("answer");
+        let mut answer = [0u8; 27];
+        ours.read_exact(&mut answer).await.expect("read answer");
+        assert_eq!(&answer, b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert!(ours.id() > 0, "the id is the socket's descriptor");
+        <dyn pingora::protocols::IO as Shutdown>::shutdown(&mut *ours).await;
+        assert!(
+            closed(&mut theirs, Duration::from_secs(5)).await,
+            "no FIN after shutdown"
+        );
     }
 
     #[tokio::test]

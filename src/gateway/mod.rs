@@ -426,12 +426,11 @@ impl Gateway {
             write: proxy.write_timeout,
             idle: proxy.idle_timeout,
         };
-        let sent = Instant::now();
         let metrics = &self.shared.metrics;
         let (tenant, route) = (&admitted.prepared.tenant.id, &admitted.route().id);
         let addr = admitted.route().upstream.addr;
-        direct::forward(session, addr, build, &timeouts, |parts| {
-            metrics.upstream_latency(tenant, route, sent.elapsed().as_secs_f64());
+        direct::forward(session, addr, build, &timeouts, |parts, took| {
+            metrics.upstream_latency(tenant, route, took.as_secs_f64());
             add_hsts(parts, &rt.hsts);
         })
         .await
