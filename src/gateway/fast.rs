@@ -18,7 +18,9 @@
 //! from its first byte and frames or refuses it exactly as before. So the only framing this
 //! module decides is where RFC 9112 §6.3 leaves no choice.
 
+use std::future::Future;
 use std::mem::MaybeUninit;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -100,7 +102,15 @@ pub async fn send(stream: &mut Stream, wire: &[u8], limit: Duration) -> pingora:
         stream.write_all(wire).await?;
         stream.flush().await
     };
-    match fast_timeout(limit, write).await {
+    let mut write = std::pin::pin!(write);
+    // A header into an idle connection's empty send buffer is written at once: only a write
+    // that has to wait needs the timer (and the clock reading that arms it).
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let written = match first {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => fast_timeout(limit, write).await,
+    };
+    match written {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Error::e_because(ErrorType::WriteError, "writing request header", e),
         Err(_) => Error::e_explain(ErrorType::WriteTimedout, "writing request header"),
@@ -567,5 +577,38 @@ mod tests {
             }
         }
         assert!(simple > 50, "only {simple} responses were read here");
+    }
+
+    /// A request written at once is sent without a timer; one the upstream does not take in
+    /// (it never reads) ends with a write timeout, not a hang.
+    #[tokio::test]
+    async fn a_request_is_sent_and_a_stuck_write_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut peer, _) = listener.accept().await.expect("accept");
+        let mut stream: Stream = Box::new(super::super::direct::Upstream(tcp));
+
+        let wire = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        send(&mut stream, wire, Duration::from_secs(5))
+            .await
+            .expect("a small request is sent");
+        let mut got = vec![0u8; wire.len()];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, wire);
+
+        // Far more than the socket buffers hold, to a peer that reads no more.
+        let huge = vec![b'x'; 64 << 20];
+        let started = std::time::Instant::now();
+        let sending = send(&mut stream, &huge, Duration::from_millis(300));
+        let err = tokio::time::timeout(Duration::from_secs(20), sending)
+            .await
+            .expect("a stuck write hung instead of timing out")
+            .expect_err("a write nobody reads must time out");
+        assert_eq!(err.etype(), &ErrorType::WriteTimedout);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(peer);
     }
 }
