@@ -12,18 +12,26 @@ pub const SESSION: &str = "__Host-portcullis";
 /// The pre-login anti-CSRF cookie (double-submit with the login form).
 pub const LOGIN_CSRF: &str = "__Host-portcullis-csrf";
 
-/// Every value of the cookie `name` in the request (several `Cookie` headers and several
-/// pairs per header are allowed by RFC 6265 §5.4 for HTTP/2).
-pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+/// The `;`-separated pairs of every `Cookie` field, trimmed, empty ones skipped. A field with
+/// a byte outside visible ASCII (tab allowed) is skipped whole: `to_str` refuses it. Trimming
+/// ASCII whitespace is all `str::trim` would do here: tab and space are the only whitespace
+/// such a field holds.
+fn pairs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.trim())
-        })
+        .map(str::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+}
+
+/// Every value of the cookie `name` in the request (several `Cookie` headers and several
+/// pairs per header are allowed by RFC 6265 §5.4 for HTTP/2). A pair is `name` when what comes
+/// before its first `=` is exactly `name` (which holds no `=`), so `name =v` is another cookie.
+pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pairs(headers)
+        .filter_map(move |pair| Some(pair.strip_prefix(name)?.strip_prefix('=')?.trim_ascii()))
 }
 
 /// The single value of cookie `name`. Two values (a tossed duplicate) count as none: which
@@ -50,18 +58,12 @@ pub fn clear(name: &str) -> String {
 /// The `Cookie` header to forward upstream: every pair except the gateway's own cookies
 /// (the session token must never reach a backend). `None` when nothing is left.
 pub fn without_gateway_cookies(headers: &HeaderMap) -> Option<String> {
-    let kept: Vec<&str> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
+    // Any spelling a backend might fold to ours is dropped too: every pair whose name starts
+    // with it. The prefix holds no `=`, so a pair that starts with it has a name that does.
+    const OURS: &str = "__host-portcullis";
+    let kept: Vec<&str> = pairs(headers)
         .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
-            // Any spelling a backend might fold to ours is dropped too.
-            const OURS: &str = "__host-portcullis";
-            !name
+            !pair
                 .get(..OURS.len())
                 .is_some_and(|start| start.eq_ignore_ascii_case(OURS))
         })
@@ -154,5 +156,103 @@ mod tests {
             assert!(c.contains(part), "{c}");
         }
         assert!(!c.contains("Domain"));
+    }
+
+    /// The first implementation, kept as the reference: every cookie scan above must agree
+    /// with it.
+    mod reference {
+        use http::HeaderMap;
+
+        pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> Vec<&'a str> {
+            headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(move |pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then_some(v.trim())
+                })
+                .collect()
+        }
+
+        pub fn without_gateway_cookies(headers: &HeaderMap) -> Option<String> {
+            let kept: Vec<&str> = headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty())
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
+                    const OURS: &str = "__host-portcullis";
+                    !name
+                        .get(..OURS.len())
+                        .is_some_and(|start| start.eq_ignore_ascii_case(OURS))
+                })
+                .collect();
+            (!kept.is_empty()).then(|| kept.join("; "))
+        }
+    }
+
+    /// Random `Cookie` fields built from the pieces that matter (our names in other cases,
+    /// spaces, tabs, `=`, `;`, empty pairs, bytes outside visible ASCII) read the same as by
+    /// the reference.
+    #[test]
+    fn scans_agree_with_the_reference_on_random_fields() {
+        let pieces: [&[u8]; 16] = [
+            b"__Host-portcullis",
+            b"__HOST-PORTCULLIS",
+            b"__Host-portcullis-csrf",
+            b"__Host-portcul",
+            b"portcullis",
+            b"=",
+            b";",
+            b" ",
+            b"\t",
+            b"tok",
+            b"a",
+            b"\xff",
+            b"\x7f",
+            b"==",
+            b"; ",
+            b"-",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut checked = 0;
+        for _ in 0..20_000 {
+            let mut h = HeaderMap::new();
+            for _ in 0..1 + next() % 3 {
+                let mut field = Vec::new();
+                for _ in 0..next() % 12 {
+                    field.extend_from_slice(pieces[(next() % 16) as usize]);
+                }
+                // Fields a request could carry: HeaderValue refuses control bytes but tab.
+                if let Ok(v) = http::HeaderValue::from_bytes(&field) {
+                    h.append(http::header::COOKIE, v);
+                }
+            }
+            for name in [SESSION, LOGIN_CSRF, "a", "portcullis"] {
+                assert_eq!(
+                    values(&h, name).collect::<Vec<_>>(),
+                    reference::values(&h, name),
+                    "{h:?}"
+                );
+            }
+            assert_eq!(
+                without_gateway_cookies(&h),
+                reference::without_gateway_cookies(&h),
+                "{h:?}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 10_000);
     }
 }
