@@ -111,12 +111,15 @@ impl Pool {
         self.by_addr.retain(|(_, conns)| !conns.is_empty());
     }
 
-    fn keep(&mut self, addr: SocketAddr, stream: Stream, now: Instant) {
+    /// Keep `stream`, quiet since `since`. The list stays ordered by that time (a response
+    /// with a long body can come back after a later, shorter one), so the expired are a prefix.
+    fn keep(&mut self, addr: SocketAddr, stream: Stream, since: Instant) {
         let conns = self.idle_for(addr);
         if conns.len() >= POOL_PER_UPSTREAM {
             conns.remove(0);
         }
-        conns.push((stream, now));
+        let at = conns.partition_point(|(_, s)| *s <= since);
+        conns.insert(at, (stream, since));
     }
 }
 
@@ -553,6 +556,26 @@ mod tests {
             closed(&mut theirs, Duration::from_secs(5)).await,
             "no FIN after shutdown"
         );
+    }
+
+    /// A connection that comes back quiet since earlier than one kept before it is still
+    /// swept when its time is up.
+    #[tokio::test]
+    async fn a_connection_kept_out_of_order_is_swept_in_time() {
+        let idle = Duration::from_secs(60);
+        let (addr, conns, mut peers) = streams(2).await;
+        let mut pool = Pool {
+            by_addr: Vec::new(),
+        };
+        let start = Instant::now();
+        let mut conns = conns.into_iter();
+        pool.keep(addr, conns.next().expect("two"), start + idle / 2);
+        pool.keep(addr, conns.next().expect("two"), start);
+        pool.sweep(start + idle, idle);
+        assert_eq!(pool.by_addr[0].1.len(), 1, "the expired connection stayed");
+        assert_eq!(pool.by_addr[0].1[0].1, start + idle / 2);
+        assert!(closed(&mut peers[1], Duration::from_secs(5)).await);
+        assert!(!closed(&mut peers[0], Duration::from_millis(200)).await);
     }
 
     #[tokio::test]
