@@ -99,6 +99,28 @@ fn check_reports_duplicate_host_with_file_and_line() {
 }
 
 #[test]
+fn check_takes_a_client_send_timeout_and_refuses_zero() {
+    let site = Site::new(Opts {
+        client_send_timeout_ms: Some(2500),
+        ..Opts::default()
+    });
+    let out = site.check();
+    assert_eq!(out.code, Some(0), "a client send timeout must pass\n{out}");
+    let site = Site::new(Opts {
+        client_send_timeout_ms: Some(0),
+        ..Opts::default()
+    });
+    let line = line_of(&site.config_toml(), "client_send_timeout_ms");
+    let out = site.check();
+    assert_reported(&out, "portcullis.toml", line, "client_send_timeout_ms = 0");
+    assert!(
+        out.combined()
+            .contains("client_send_timeout_ms must be greater than 0"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_reports_bad_cidr_with_file_and_line() {
     for cidr in ["10.0.0.0/33", "not-a-cidr", "300.1.1.1/8"] {
         let site = Site::new(Opts {

@@ -16,6 +16,10 @@ use common::*;
 
 const ACME: &str = "acme.localhost";
 
+/// A body larger than every socket buffer between the upstream and a client that stops
+/// reading can hold.
+const HUGE: usize = 64 << 20;
+
 /// The canned answer for a request line; `true` closes the connection after it.
 fn answer(method: &str, path: &str) -> (Vec<u8>, bool) {
     let text = |s: &str| s.as_bytes().to_vec();
@@ -54,6 +58,11 @@ fn answer(method: &str, path: &str) -> (Vec<u8>, bool) {
                 body.len()
             ));
             out.extend(body);
+            (out, false)
+        }
+        "/raw/huge" => {
+            let mut out = text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {HUGE}\r\n\r\n"));
+            out.resize(out.len() + HUGE, b'x');
             (out, false)
         }
         // Answers, then closes without saying so: the pooled connection goes stale.
@@ -397,4 +406,75 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
     assert_eq!((r.status, r.text()), (200, "ok".into()));
     assert_eq!(r.header("keep-alive"), None);
     assert_eq!(r.header("x-secret-hop"), None, "named in Connection");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout_on_both_paths() {
+    let (gw, _up) = world_with(Opts {
+        client_send_timeout_ms: Some(1000),
+        ..Opts::default()
+    });
+    // GET goes the direct path; a POST (even without a body) goes through pingora_proxy.
+    for (method, extra) in [("GET", ""), ("POST", "Content-Length: 0\r\n")] {
+        let mut conn = gw.raw_connect(ACME).await.expect("connect");
+        let request = format!("{method} /raw/huge HTTP/1.1\r\nHost: {ACME}\r\n{extra}\r\n");
+        conn.send(request.as_bytes()).await;
+        assert!(
+            conn.read_until(Duration::from_secs(10), |b| b.len() >= 64 * 1024)
+                .await,
+            "{method}: the answer did not start"
+        );
+        assert!(
+            conn.buf.starts_with(b"HTTP/1.1 200"),
+            "{method}: {:?}",
+            &conn.buf[..12]
+        );
+        // The client reads nothing more for a while, then everything it can.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        conn.read_until(Duration::from_secs(60), |_| false).await;
+        assert!(conn.closed, "{method}: the connection was still open");
+        assert!(
+            conn.buf.len() < HUGE,
+            "{method}: the whole body ({} bytes) arrived",
+            conn.buf.len()
+        );
+    }
+    assert!(
+        gw.logs().contains("WriteTimedout") || gw.logs().contains("writing response"),
+        "no write timeout in the logs:\n{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_reads_slowly_but_steadily_gets_the_whole_answer() {
+    let (gw, _up) = world_with(Opts {
+        client_send_timeout_ms: Some(1000),
+        ..Opts::default()
+    });
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(format!("GET /raw/big HTTP/1.1\r\nHost: {ACME}\r\n\r\n").as_bytes())
+        .await;
+    // 1 MiB in pieces of at most 64 KiB, each a little after the last: well within the
+    // timeout between writes, though the whole answer takes longer than it.
+    let mut total = 0;
+    let start = std::time::Instant::now();
+    while total < (1 << 20) && start.elapsed() < Duration::from_secs(60) {
+        let want = conn.buf.len() + 1;
+        conn.read_until(Duration::from_secs(5), |b| b.len() >= want)
+            .await;
+        total = conn.buf.len();
+        if conn.closed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = conn.read_response(Duration::from_secs(10)).await;
+    let response = response.expect("a whole response");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 1 << 20);
+    assert!(
+        start.elapsed() > Duration::from_secs(1),
+        "read too fast to test anything"
+    );
 }

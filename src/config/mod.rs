@@ -146,6 +146,9 @@ pub struct Proxy {
     pub write_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub idle_timeout: Duration,
+    /// How long one write of a response may wait for the client to take it in: a client
+    /// that stops reading is disconnected after it (as nginx's `send_timeout`).
+    pub client_send_timeout: Duration,
     /// Largest request body let through (413 above).
     pub max_body_bytes: u64,
     /// Largest request header block let through (431 above).
@@ -225,6 +228,7 @@ struct RawProxy {
     read_timeout_ms: Option<Spanned<u64>>,
     write_timeout_ms: Option<Spanned<u64>>,
     idle_timeout_ms: Option<Spanned<u64>>,
+    client_send_timeout_ms: Option<Spanned<u64>>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<Spanned<usize>>,
 }
@@ -413,6 +417,11 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
     let read_timeout = millis(&raw.read_timeout_ms, 30_000, "read_timeout_ms");
     let write_timeout = millis(&raw.write_timeout_ms, 30_000, "write_timeout_ms");
     let idle_timeout = millis(&raw.idle_timeout_ms, 60_000, "idle_timeout_ms");
+    let client_send_timeout = millis(
+        &raw.client_send_timeout_ms,
+        60_000,
+        "client_send_timeout_ms",
+    );
     let max_header_bytes = match raw.max_header_bytes {
         Some(n) if !(1024..=MAX_HEADER_BYTES_LIMIT).contains(n.get_ref()) => {
             rep.at(
@@ -430,6 +439,7 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
         read_timeout,
         write_timeout,
         idle_timeout,
+        client_send_timeout,
         max_body_bytes: raw.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         max_header_bytes,
     }

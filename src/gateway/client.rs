@@ -382,12 +382,8 @@ impl Client {
             }
             Ok::<_, std::io::Error>(())
         };
-        let done = match limit {
-            Some(limit) => match pingora_timeout::timeout(limit, write).await {
-                Ok(done) => done,
-                Err(_) => return Err(Error::explain(ErrorType::WriteTimedout, "writing response")),
-            },
-            None => write.await,
+        let Some(done) = super::fast::timed_if_it_waits(limit, write).await else {
+            return Err(Error::explain(ErrorType::WriteTimedout, "writing response"));
         };
         conn.out.clear();
         done.map_err(|e| Error::because(ErrorType::WriteError, "writing response", e))

@@ -102,18 +102,26 @@ pub async fn send(stream: &mut Stream, wire: &[u8], limit: Duration) -> pingora:
         stream.write_all(wire).await?;
         stream.flush().await
     };
-    let mut write = std::pin::pin!(write);
-    // A header into an idle connection's empty send buffer is written at once: only a write
-    // that has to wait needs the timer (and the clock reading that arms it).
-    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    let written = match first {
-        Poll::Ready(done) => Ok(done),
-        Poll::Pending => fast_timeout(limit, write).await,
-    };
-    match written {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Error::e_because(ErrorType::WriteError, "writing request header", e),
-        Err(_) => Error::e_explain(ErrorType::WriteTimedout, "writing request header"),
+    match timed_if_it_waits(Some(limit), write).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Error::e_because(ErrorType::WriteError, "writing request header", e),
+        None => Error::e_explain(ErrorType::WriteTimedout, "writing request header"),
+    }
+}
+
+/// `work`'s output, or `None` if it did not finish within `limit` (`None`: no limit). A write
+/// into a socket's send buffer with room, which is nearly every write, finishes when first
+/// polled: only work that has to wait gets the timer (and the clock reading that arms it).
+pub async fn timed_if_it_waits<T>(
+    limit: Option<Duration>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+    match (first, limit) {
+        (Poll::Ready(done), _) => Some(done),
+        (Poll::Pending, Some(limit)) => fast_timeout(limit, work).await.ok(),
+        (Poll::Pending, None) => Some(work.await),
     }
 }
 

@@ -276,6 +276,11 @@ impl Gateway {
     ) -> pingora::Result<Served> {
         let rt = self.shared.runtime.load_full();
         ctx.runtime = Some(Arc::clone(&rt));
+        // Each write of the answer may wait this long for the client to read: a client that
+        // stops reading does not hold its connection, buffers and upstream for ever.
+        session
+            .as_downstream_mut()
+            .set_write_timeout(Some(rt.config.proxy.client_send_timeout));
         let peer = peer_ip(session);
         let req = session.req_header();
         ctx.client = peer.map(|p| admit::client_ip(&rt, p, &req.headers));

@@ -117,6 +117,8 @@ pub struct Opts {
     pub read_timeout_ms: u64,
     /// `[proxy] idle_timeout_ms`: how long pooled upstream connections may stay idle.
     pub idle_timeout_ms: u64,
+    /// `[proxy] client_send_timeout_ms`, when set.
+    pub client_send_timeout_ms: Option<u64>,
     pub reload_poll_ms: u64,
     /// Start the plain-HTTP redirect listener too.
     pub http_redirect: bool,
@@ -139,6 +141,7 @@ impl Default for Opts {
             max_body_bytes: None,
             read_timeout_ms: 1000,
             idle_timeout_ms: 60_000,
+            client_send_timeout_ms: None,
             reload_poll_ms: 200,
             http_redirect: false,
             acme_policy_extra: String::new(),
@@ -317,6 +320,9 @@ impl Site {
         s.push_str(&format!("read_timeout_ms = {}\n", o.read_timeout_ms));
         s.push_str("write_timeout_ms = 5000\n");
         s.push_str(&format!("idle_timeout_ms = {}\n", o.idle_timeout_ms));
+        if let Some(ms) = o.client_send_timeout_ms {
+            s.push_str(&format!("client_send_timeout_ms = {ms}\n"));
+        }
         if let Some(b) = o.max_body_bytes {
             s.push_str(&format!("max_body_bytes = {b}\n"));
         }
