@@ -99,25 +99,32 @@ fn check_reports_duplicate_host_with_file_and_line() {
 }
 
 #[test]
-fn check_takes_a_client_send_timeout_and_refuses_zero() {
+fn check_takes_client_timeouts_and_refuses_zero() {
     let site = Site::new(Opts {
         client_send_timeout_ms: Some(2500),
+        client_header_timeout_ms: Some(2500),
         ..Opts::default()
     });
     let out = site.check();
     assert_eq!(out.code, Some(0), "a client send timeout must pass\n{out}");
-    let site = Site::new(Opts {
-        client_send_timeout_ms: Some(0),
-        ..Opts::default()
-    });
-    let line = line_of(&site.config_toml(), "client_send_timeout_ms");
-    let out = site.check();
-    assert_reported(&out, "portcullis.toml", line, "client_send_timeout_ms = 0");
-    assert!(
-        out.combined()
-            .contains("client_send_timeout_ms must be greater than 0"),
-        "{out}"
-    );
+    for (send, header, key) in [
+        (Some(0), None, "client_send_timeout_ms"),
+        (None, Some(0), "client_header_timeout_ms"),
+    ] {
+        let site = Site::new(Opts {
+            client_send_timeout_ms: send,
+            client_header_timeout_ms: header,
+            ..Opts::default()
+        });
+        let line = line_of(&site.config_toml(), key);
+        let out = site.check();
+        assert_reported(&out, "portcullis.toml", line, &format!("{key} = 0"));
+        assert!(
+            out.combined()
+                .contains(&format!("{key} must be greater than 0")),
+            "{out}"
+        );
+    }
 }
 
 #[test]

@@ -295,3 +295,47 @@ async fn a_client_that_asks_to_close_is_told_and_the_connection_ends() {
     assert_eq!(r.header("connection"), Some("keep-alive"));
     assert!(!conn.closed);
 }
+
+/// Slowloris: a request header trickled a byte at a time, each byte well within the idle
+/// limit, ends the connection once it has taken longer than the header timeout from its
+/// first byte. A connection that is merely quiet between requests is not cut by it, and a
+/// header that is slow but within the limit is served.
+#[tokio::test]
+async fn a_request_header_trickled_past_the_header_timeout_ends_the_connection() {
+    let gw = Gateway::start(Opts {
+        client_header_timeout_ms: Some(1500),
+        ..Opts::default()
+    });
+
+    // Quiet for longer than the header timeout before the first byte, then a whole request,
+    // in pieces over about a second: served.
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let bytes = request_bytes("GET", "/slow-but-whole", ACME, KEEP, b"");
+    for piece in bytes.chunks(bytes.len().div_ceil(4)) {
+        conn.send(piece).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let e = echoed(&next(&mut conn, "slow GET").await, "slow GET");
+    assert_eq!(e.path, "/slow-but-whole");
+
+    // The same connection, then one byte every 200 ms, never ending the header.
+    let started = std::time::Instant::now();
+    let head = b"GET /trickle HTTP/1.1\r\nHost: acme.localhost\r\nX-Pad: ";
+    conn.send(head).await;
+    while !conn.closed && started.elapsed() < Duration::from_secs(15) {
+        conn.send(b"a").await;
+        conn.read_until(Duration::from_millis(200), |_| false).await;
+    }
+    assert!(
+        conn.closed,
+        "a header trickled for 15 s was still being read"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(6),
+        "closed after {took:?}, not about the 1.5 s header timeout"
+    );
+    // Nothing was answered for the trickled request.
+    assert!(!String::from_utf8_lossy(&conn.buf).contains("/trickle"));
+}

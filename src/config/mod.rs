@@ -149,6 +149,10 @@ pub struct Proxy {
     /// How long one write of a response may wait for the client to take it in: a client
     /// that stops reading is disconnected after it (as nginx's `send_timeout`).
     pub client_send_timeout: Duration,
+    /// How long a client may take to send a whole request header on the connection loop,
+    /// from its first byte (as nginx's `client_header_timeout`): a client that trickles it
+    /// is disconnected after it.
+    pub client_header_timeout: Duration,
     /// Largest request body let through (413 above).
     pub max_body_bytes: u64,
     /// Largest request header block let through (431 above).
@@ -229,6 +233,7 @@ struct RawProxy {
     write_timeout_ms: Option<Spanned<u64>>,
     idle_timeout_ms: Option<Spanned<u64>>,
     client_send_timeout_ms: Option<Spanned<u64>>,
+    client_header_timeout_ms: Option<Spanned<u64>>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<Spanned<usize>>,
 }
@@ -422,6 +427,11 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
         60_000,
         "client_send_timeout_ms",
     );
+    let client_header_timeout = millis(
+        &raw.client_header_timeout_ms,
+        60_000,
+        "client_header_timeout_ms",
+    );
     let max_header_bytes = match raw.max_header_bytes {
         Some(n) if !(1024..=MAX_HEADER_BYTES_LIMIT).contains(n.get_ref()) => {
             rep.at(
@@ -440,6 +450,7 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
         write_timeout,
         idle_timeout,
         client_send_timeout,
+        client_header_timeout,
         max_body_bytes: raw.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         max_header_bytes,
     }

@@ -68,8 +68,11 @@ pub struct Conn {
     reusable: bool,
     /// When a read last brought bytes.
     last_read: Instant,
-    /// Wakes a read that waits when the connection may have been quiet too long; armed once
-    /// and moved on only when it fires, not for every read as a timeout per read would be.
+    /// When the first bytes of the request being read arrived.
+    begun: Option<Instant>,
+    /// Wakes a read that waits when the connection may have been quiet too long, or a request
+    /// header may have taken too long; armed once and moved only when that moment moves, not
+    /// for every read as a timeout per read would be.
     quiet: Option<Pin<Box<Sleep>>>,
 }
 
@@ -115,18 +118,23 @@ impl Conn {
             out: Vec::new(),
             reusable: false,
             last_read: Instant::now(),
+            begun: None,
             quiet: None,
         })
     }
 
     /// Read until the buffer holds a whole request header, or it is clear that pingora must
     /// read it. The connection may stay quiet for at most `idle`, as each read of pingora's
-    /// keep-alive wait may.
-    pub async fn next(&mut self, idle: Duration) -> Next {
+    /// keep-alive wait may, and a request header, once begun, must be whole within `header`
+    /// of its first byte: a client that trickles it byte by byte is not kept for ever.
+    pub async fn next(&mut self, idle: Duration, header: Duration) -> Next {
         loop {
             if !self.buf.is_empty() {
                 match take_plain(&mut self.buf) {
-                    Parsed::Plain(plain) => return Next::Plain(plain),
+                    Parsed::Plain(plain) => {
+                        self.begun = None;
+                        return Next::Plain(plain);
+                    }
                     Parsed::Other => return Next::Other,
                     Parsed::Incomplete => {}
                 }
@@ -134,13 +142,23 @@ impl Conn {
             if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
                 self.buf.reserve(READ_ROOM);
             }
+            let mut deadline = self.last_read + idle;
+            if let Some(begun) = self.begun.filter(|_| !self.buf.is_empty()) {
+                deadline = deadline.min(begun + header);
+            }
             let read = tokio::select! {
                 biased;
                 read = self.replay.read_buf(&mut self.buf) => read,
-                () = quiet_for(&mut self.quiet, self.last_read, idle) => return Next::Closed,
+                () = quiet_until(&mut self.quiet, deadline) => return Next::Closed,
             };
             match read {
-                Ok(n) if n > 0 => self.last_read = Instant::now(),
+                Ok(n) if n > 0 => {
+                    self.last_read = Instant::now();
+                    if self.buf.len() == n {
+                        // The first bytes of a request.
+                        self.begun = Some(self.last_read);
+                    }
+                }
                 // Closed, failed or quiet: before a request as after part of one, pingora too
                 // closes without an answer.
                 _ => return Next::Closed,
@@ -157,6 +175,9 @@ impl Conn {
 
     /// Take bytes read past a request (by pingora's session) as the start of the next one.
     pub fn carry(&mut self, prefix: &[u8]) {
+        if self.buf.is_empty() && !prefix.is_empty() {
+            self.begun = Some(Instant::now());
+        }
         self.buf.extend_from_slice(prefix);
     }
 
@@ -180,13 +201,14 @@ impl Conn {
     }
 }
 
-/// Resolves once `idle` has passed since `since`, on `timer` (armed on first use).
-async fn quiet_for(timer: &mut Option<Pin<Box<Sleep>>>, since: Instant, idle: Duration) {
-    let deadline = tokio::time::Instant::from_std(since + idle);
+/// Resolves at `deadline`, on `timer` (armed on first use).
+async fn quiet_until(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant) {
+    let deadline = tokio::time::Instant::from_std(deadline);
     let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
     loop {
-        if timer.deadline() < deadline {
-            // Armed for an earlier quiet spell, which reads have since ended.
+        if timer.deadline() != deadline {
+            // Armed for an earlier quiet spell, which reads have since ended, or for a later
+            // one than a request header that has begun may take.
             timer.as_mut().reset(deadline);
         }
         timer.as_mut().await;
@@ -1300,8 +1322,12 @@ mod tests {
         // Split mid-header: the reader waits for the rest.
         theirs.write_all(&sent[..10]).await.unwrap();
         let reader = tokio::spawn(async move {
-            let first = conn.next(Duration::from_secs(5)).await;
-            let second = conn.next(Duration::from_secs(5)).await;
+            let first = conn
+                .next(Duration::from_secs(5), Duration::from_secs(5))
+                .await;
+            let second = conn
+                .next(Duration::from_secs(5), Duration::from_secs(5))
+                .await;
             (conn, first, second)
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1316,9 +1342,39 @@ mod tests {
 
         drop(theirs);
         assert!(matches!(
-            conn.next(Duration::from_secs(5)).await,
+            conn.next(Duration::from_secs(5), Duration::from_secs(5))
+                .await,
             Next::Closed
         ));
+    }
+
+    /// A header that trickles in, each piece within `idle`, ends the connection once it has
+    /// taken `header` from its first byte; the wait before that byte does not count.
+    #[tokio::test]
+    async fn a_header_trickled_past_its_limit_closes_the_connection() {
+        let (idle, header) = (Duration::from_millis(300), Duration::from_millis(200));
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(Box::new(Replay::new(Box::new(ours))));
+        let writer = tokio::spawn(async move {
+            // Quiet for longer than `header` (but within `idle`) before the first byte.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for piece in GET.chunks(2) {
+                if theirs.write_all(piece).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            theirs
+        });
+        let started = Instant::now();
+        assert!(matches!(conn.next(idle, header).await, Next::Closed));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(430) && took < Duration::from_millis(1000),
+            "closed after {took:?}: not the header limit after the first byte"
+        );
+        drop(conn);
+        let _ = writer.await;
     }
 
     /// The quiet timer is armed once and moved on by reads: a header that trickles in over
@@ -1336,14 +1392,17 @@ mod tests {
             theirs
         });
         let started = Instant::now();
-        assert!(matches!(conn.next(idle).await, Next::Plain(_)));
+        assert!(matches!(
+            conn.next(idle, Duration::from_secs(5)).await,
+            Next::Plain(_)
+        ));
         assert!(
             started.elapsed() > idle,
             "the header took longer than idle to arrive"
         );
         let _theirs = writer.await.unwrap();
         let quiet = Instant::now();
-        assert!(matches!(conn.next(idle).await, Next::Closed));
+        assert!(matches!(conn.next(idle, idle).await, Next::Closed));
         assert!(quiet.elapsed() >= idle - Duration::from_millis(20));
     }
 
@@ -1352,13 +1411,15 @@ mod tests {
         let (ours, mut theirs) = tokio::io::duplex(1024);
         let mut conn = Conn::new(Box::new(Replay::new(Box::new(ours))));
         assert!(matches!(
-            conn.next(Duration::from_millis(30)).await,
+            conn.next(Duration::from_millis(30), Duration::from_millis(30))
+                .await,
             Next::Closed
         ));
         theirs.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         drop(theirs);
         assert!(matches!(
-            conn.next(Duration::from_secs(5)).await,
+            conn.next(Duration::from_secs(5), Duration::from_secs(5))
+                .await,
             Next::Closed
         ));
     }

@@ -249,9 +249,18 @@ impl ServerApp for Front {
         let closing = self.closing();
         tokio::pin!(closing);
         loop {
+            // Under the configuration of the moment: a reload applies from the next request.
+            let header_timeout = self
+                .gateway
+                .shared
+                .runtime
+                .load()
+                .config
+                .proxy
+                .client_header_timeout;
             let next = tokio::select! {
                 biased;
-                next = conn.next(KEEPALIVE) => next,
+                next = conn.next(KEEPALIVE, header_timeout) => next,
                 () = &mut closing => return None,
             };
             let after = match next {

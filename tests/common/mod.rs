@@ -119,6 +119,8 @@ pub struct Opts {
     pub idle_timeout_ms: u64,
     /// `[proxy] client_send_timeout_ms`, when set.
     pub client_send_timeout_ms: Option<u64>,
+    /// `[proxy] client_header_timeout_ms`, when set.
+    pub client_header_timeout_ms: Option<u64>,
     pub reload_poll_ms: u64,
     /// Start the plain-HTTP redirect listener too.
     pub http_redirect: bool,
@@ -142,6 +144,7 @@ impl Default for Opts {
             read_timeout_ms: 1000,
             idle_timeout_ms: 60_000,
             client_send_timeout_ms: None,
+            client_header_timeout_ms: None,
             reload_poll_ms: 200,
             http_redirect: false,
             acme_policy_extra: String::new(),
@@ -322,6 +325,9 @@ impl Site {
         s.push_str(&format!("idle_timeout_ms = {}\n", o.idle_timeout_ms));
         if let Some(ms) = o.client_send_timeout_ms {
             s.push_str(&format!("client_send_timeout_ms = {ms}\n"));
+        }
+        if let Some(ms) = o.client_header_timeout_ms {
+            s.push_str(&format!("client_header_timeout_ms = {ms}\n"));
         }
         if let Some(b) = o.max_body_bytes {
             s.push_str(&format!("max_body_bytes = {b}\n"));
