@@ -111,17 +111,17 @@ pub async fn send(stream: &mut Stream, wire: &[u8], limit: Duration) -> pingora:
 
 /// `work`'s output, or `None` if it did not finish within `limit` (`None`: no limit). A write
 /// into a socket's send buffer with room, which is nearly every write, finishes when first
-/// polled: only work that has to wait gets the timer (and the clock reading that arms it).
-pub async fn timed_if_it_waits<T>(
-    limit: Option<Duration>,
-    work: impl Future<Output = T>,
-) -> Option<T> {
+/// polled: only work that has to wait gets the timer (and the clock reading that arms it),
+/// kept on the heap so that the futures of every write stay as small as without it.
+pub async fn timed_if_it_waits<F: Future>(limit: Option<Duration>, work: F) -> Option<F::Output> {
     let mut work = std::pin::pin!(work);
-    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
-    match (first, limit) {
-        (Poll::Ready(done), _) => Some(done),
-        (Poll::Pending, Some(limit)) => fast_timeout(limit, work).await.ok(),
-        (Poll::Pending, None) => Some(work.await),
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+    {
+        return Some(done);
+    }
+    match limit {
+        Some(limit) => Box::pin(fast_timeout(limit, work)).await.ok(),
+        None => Some(work.await),
     }
 }
 

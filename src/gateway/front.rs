@@ -248,16 +248,16 @@ impl ServerApp for Front {
         let mut session: Option<Session> = None;
         let closing = self.closing();
         tokio::pin!(closing);
+        // As the configuration was when the connection came; a reload applies to new ones.
+        let header_timeout = self
+            .gateway
+            .shared
+            .runtime
+            .load()
+            .config
+            .proxy
+            .client_header_timeout;
         loop {
-            // Under the configuration of the moment: a reload applies from the next request.
-            let header_timeout = self
-                .gateway
-                .shared
-                .runtime
-                .load()
-                .config
-                .proxy
-                .client_header_timeout;
             let next = tokio::select! {
                 biased;
                 next = conn.next(KEEPALIVE, header_timeout) => next,
