@@ -446,6 +446,46 @@ async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout_on_both_pa
     );
 }
 
+/// Over HTTP/2 a client that stops reading stalls the stream's flow-control window rather
+/// than the socket; the write that waits for window is timed the same way, and the stream is
+/// reset rather than kept open.
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_let_go_after_the_send_timeout() {
+    let (gw, _up) = world_with(Opts {
+        client_send_timeout_ms: Some(1000),
+        ..Opts::default()
+    });
+    let mut resp = gw
+        .client()
+        .get(gw.url(ACME, "/raw/huge"))
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let mut got = resp
+        .chunk()
+        .await
+        .expect("first chunk")
+        .map_or(0, |c| c.len());
+    assert!(got > 0, "the answer did not start");
+    // The client reads nothing more for a while, then everything it can.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => return "the whole body",
+                Err(_) => return "a reset",
+            }
+        }
+    })
+    .await
+    .unwrap_or("nothing within 60 s");
+    assert_eq!(ended, "a reset", "after {got} bytes");
+    assert!(got < HUGE, "the whole body ({got} bytes) arrived");
+}
+
 #[tokio::test]
 async fn a_client_that_reads_slowly_but_steadily_gets_the_whole_answer() {
     let (gw, _up) = world_with(Opts {
