@@ -320,8 +320,20 @@ async fn a_request_header_trickled_past_the_header_timeout_ends_the_connection()
     assert_eq!(e.path, "/slow-but-whole");
 
     // The same connection, then one byte every 200 ms, never ending the header.
+    trickle_until_closed(
+        &mut conn,
+        b"GET /trickle HTTP/1.1\r\nHost: acme.localhost\r\nX-Pad: ",
+        Duration::from_millis(1500),
+        "after a plain GET",
+    )
+    .await;
+}
+
+/// Send `head`, then one byte every 200 ms, never ending the header: the connection must be
+/// ended about `limit` after the header's first byte, with nothing answered.
+async fn trickle_until_closed(conn: &mut RawConn, head: &[u8], limit: Duration, what: &str) {
+    let answered = conn.buf.len();
     let started = std::time::Instant::now();
-    let head = b"GET /trickle HTTP/1.1\r\nHost: acme.localhost\r\nX-Pad: ";
     conn.send(head).await;
     while !conn.closed && started.elapsed() < Duration::from_secs(15) {
         conn.send(b"a").await;
@@ -329,13 +341,86 @@ async fn a_request_header_trickled_past_the_header_timeout_ends_the_connection()
     }
     assert!(
         conn.closed,
-        "a header trickled for 15 s was still being read"
+        "{what}: a header trickled for 15 s was still being read"
     );
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_secs(6),
-        "closed after {took:?}, not about the 1.5 s header timeout"
+        took >= limit - Duration::from_millis(100) && took < limit * 4,
+        "{what}: closed after {took:?}, not about the {limit:?} header timeout"
     );
-    // Nothing was answered for the trickled request.
-    assert!(!String::from_utf8_lossy(&conn.buf).contains("/trickle"));
+    assert_eq!(
+        conn.buf.len(),
+        answered,
+        "{what}: something was answered: {:?}",
+        String::from_utf8_lossy(&conn.buf[answered..])
+    );
+}
+
+/// A request pingora_proxy serves (one with a body) does not take the connection out of the
+/// loop for good: the next request header on it is under the header timeout again.
+#[tokio::test]
+async fn after_a_request_with_a_body_the_next_header_is_still_under_the_header_timeout() {
+    let gw = Gateway::start(Opts {
+        client_header_timeout_ms: Some(1500),
+        ..Opts::default()
+    });
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(&request_bytes("POST", "/posted", ACME, KEEP, b"some body"))
+        .await;
+    let e = echoed(&next(&mut conn, "POST /posted").await, "POST /posted");
+    assert_eq!((e.method.as_str(), e.body_len), ("POST", 9));
+    // A plain GET after it is still served on the same connection.
+    conn.send(&request_bytes("GET", "/after", ACME, KEEP, b""))
+        .await;
+    assert_eq!(
+        echoed(&next(&mut conn, "GET /after").await, "GET /after").path,
+        "/after"
+    );
+    conn.send(&request_bytes("PUT", "/again", ACME, KEEP, b"x"))
+        .await;
+    assert_eq!(
+        echoed(&next(&mut conn, "PUT /again").await, "PUT /again").body_len,
+        1
+    );
+
+    trickle_until_closed(
+        &mut conn,
+        b"GET /trickle HTTP/1.1\r\nHost: acme.localhost\r\nX-Pad: ",
+        Duration::from_millis(1500),
+        "after a PUT",
+    )
+    .await;
+}
+
+/// A request header longer than the loop reads itself (16 KiB) is read by pingora's session;
+/// it too must be whole within the header timeout. One that is whole in time is served.
+#[tokio::test]
+async fn a_header_over_16_kib_trickled_past_the_header_timeout_ends_the_connection() {
+    let gw = Gateway::start(Opts {
+        client_header_timeout_ms: Some(1500),
+        max_header_bytes: Some(32_768),
+        ..Opts::default()
+    });
+    let pad = "p".repeat(20 * 1024);
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    let pad_header = format!("X-Pad: {pad}");
+    conn.send(&request_bytes(
+        "GET",
+        "/long",
+        ACME,
+        &[KEEP[0], &pad_header],
+        b"",
+    ))
+    .await;
+    let e = echoed(&next(&mut conn, "GET /long").await, "GET /long");
+    assert_eq!(e.path, "/long");
+
+    let head = format!("GET /trickle HTTP/1.1\r\nHost: {ACME}\r\nX-Pad: {pad}");
+    trickle_until_closed(
+        &mut conn,
+        head.as_bytes(),
+        Duration::from_millis(1500),
+        "a 20 KiB header",
+    )
+    .await;
 }

@@ -181,3 +181,26 @@ async fn header_blocks_too_large_to_read_here_are_read_by_pingora_under_the_cap(
     let resp = gw.raw_get("acme.localhost", "/api/huge", &[&huge]).await;
     assert_eq!(resp.status, 431, "70 KB over a 64 KiB cap");
 }
+
+/// A header block that goes on past the cap is refused as soon as it is past it, not read up
+/// to pingora's own limit of 1 MiB first: a client cannot make the gateway hold more than
+/// about the cap for a header, however slowly or long it sends.
+#[tokio::test]
+async fn a_header_block_running_past_the_cap_is_refused_before_it_ends() {
+    let gw = Gateway::start(Opts {
+        max_header_bytes: Some(32_768),
+        ..Opts::default()
+    });
+    let mut conn = gw.raw_connect("acme.localhost").await.expect("connect");
+    conn.send(b"GET /api/endless HTTP/1.1\r\nHost: acme.localhost\r\nX-Filler: ")
+        .await;
+    // 40 KB, then 100 KB more, and never the end of the header.
+    conn.send("a".repeat(40_000).as_bytes()).await;
+    let early = conn.read_response(std::time::Duration::from_secs(10)).await;
+    let r = early.expect("no answer to a header past the cap before it ended");
+    assert_eq!(r.status, 431, "{}", r.text());
+    conn.send("a".repeat(100_000).as_bytes()).await;
+    conn.read_until(std::time::Duration::from_secs(10), |_| false)
+        .await;
+    assert!(conn.closed, "the connection stayed open after the 431");
+}

@@ -166,6 +166,12 @@ impl Conn {
         }
     }
 
+    /// When the request header being read must be whole, `header` after its first byte (from
+    /// now if none has come).
+    pub fn header_deadline(&self, header: Duration) -> Instant {
+        self.begun.unwrap_or_else(Instant::now) + header
+    }
+
     /// Return what was read since the last request taken to the stream, in front of what is
     /// still to come, for pingora to read.
     pub fn put_back(&mut self) {

@@ -15,14 +15,16 @@
 //! upgrade, CONNECT aside, a TLS upstream) and every HTTP/2 connection go to pingora_proxy
 //! unchanged: the connection is handed over, and [`Replay`] makes pingora_proxy read the
 //! request from its first byte, as if nothing had touched it. The decision to hand over is made
-//! before anything about the request is counted, looked up or written.
+//! before anything about the request is counted, looked up or written. pingora_proxy serves
+//! that one request; if the connection may carry another, it comes back to the loop, so every
+//! request header on an HTTP/1 connection is read under the loop's limits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::{http_proxy, HttpProxy, ProxyHttp, Session};
@@ -40,6 +42,12 @@ use super::{Ctx, Gateway, Path, Served};
 /// How long an idle client connection waits for its next request (pingora's default).
 const KEEPALIVE_SECS: u64 = 60;
 const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECS);
+
+/// What pingora's session may read of a request header beyond `max_header_bytes`, which is
+/// counted without the blank line that ends the header and with one space after each colon:
+/// room for the blank line and for a little more optional whitespace. A header over it by
+/// the gateway's count is refused anyway once read whole.
+const HEADER_SLACK: usize = 1024;
 
 /// One worker's data-plane application: the HTTP/1 loop, with pingora_proxy behind it.
 pub struct Front {
@@ -71,23 +79,43 @@ impl Front {
     }
 
     /// Give the connection, with the request just read, to pingora_proxy.
-    async fn hand_over(
-        self: &Arc<Self>,
-        session: Session,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+    async fn hand_over(self: &Arc<Self>, session: Session, shutdown: &ShutdownWatch) -> After {
         let ServerSession::H1(h1) = *session.downstream_session else {
-            return None;
+            return After::End(None);
         };
-        let mut replay = h1.into_inner().into_any().downcast::<Replay>().ok()?;
+        let Ok(mut replay) = h1.into_inner().into_any().downcast::<Replay>() else {
+            return After::End(None);
+        };
         if !replay.rewind() {
             tracing::warn!("request too large to hand over; connection closed");
-            return None;
+            return After::End(None);
         }
-        self.proxy.process_new(replay, shutdown).await
+        self.proxy_one(replay, shutdown).await
+    }
+
+    /// Have pingora_proxy serve the one request `replay` holds from its first byte. A
+    /// connection it leaves fit for another request comes back to this loop, so that its next
+    /// requests are read under the loop's limits (the header timeout among them) and plain
+    /// ones take the short way again, as on a connection that never had a body.
+    async fn proxy_one(self: &Arc<Self>, replay: Box<Replay>, shutdown: &ShutdownWatch) -> After {
+        let mut session = ServerSession::new_http1(replay);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(KEEPALIVE_SECS)
+        });
+        let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+            return After::End(None);
+        };
+        // Bytes pingora read past the request would be in the settings, but only with
+        // pipelining, which is never enabled: with it off, such a connection is not reused.
+        let (stream, _settings) = reused.consume();
+        match stream.into_any().downcast::<Replay>() {
+            Ok(replay) => After::Next(Conn::new(replay)),
+            Err(_) => After::End(None),
+        }
     }
 }
-
 /// What a served request leaves.
 enum After {
     /// The connection, ready for its next request.
@@ -123,11 +151,7 @@ impl Front {
             let Some(conn) = client::take_home(home) else {
                 return After::End(None);
             };
-            return After::End(
-                self.proxy
-                    .process_new(conn.into_replay(&raw), shutdown)
-                    .await,
-            );
+            return self.proxy_one(conn.into_replay(&raw), shutdown).await;
         };
         vacate(session);
         match client::take_home(home) {
@@ -139,11 +163,31 @@ impl Front {
     /// Serve a request that is not plain with pingora's own HTTP/1 session reading it, from
     /// its first byte, as pingora_proxy would; hand it over if the direct path does not take
     /// it.
-    async fn serve_other(self: &Arc<Self>, mut conn: Box<Conn>, shutdown: &ShutdownWatch) -> After {
+    ///
+    /// The header must be whole by `header_timeout` after its first byte, as in the loop:
+    /// pingora's session reads it with the keep-alive limit per read only, so a header over
+    /// the loop's 16 KiB, trickled, would otherwise be read for as long as it keeps coming.
+    async fn serve_other(
+        self: &Arc<Self>,
+        mut conn: Box<Conn>,
+        header_timeout: Duration,
+        shutdown: &ShutdownWatch,
+    ) -> After {
+        let deadline = tokio::time::Instant::from_std(conn.header_deadline(header_timeout));
         conn.put_back();
         let mut replay = conn.take_replay();
-        // Kept from its first byte, in case it is handed over.
+        // Kept from its first byte, in case it is handed over; and no more of it read than
+        // the gateway would let through.
         replay.mark(b"");
+        let max_header = self
+            .gateway
+            .shared
+            .runtime
+            .load()
+            .config
+            .proxy
+            .max_header_bytes;
+        replay.cap(max_header + HEADER_SLACK);
         let mut session = Session::new_h1(replay);
         let downstream = session.as_downstream_mut();
         downstream.set_keepalive(if *shutdown.borrow() {
@@ -156,16 +200,26 @@ impl Front {
             biased;
             read = downstream.read_request() => read,
             _ = self.closing() => return After::End(None),
+            // Too slow: closed without an answer, as the loop closes it.
+            () = tokio::time::sleep_until(deadline) => return After::End(None),
         };
         match read {
             Ok(true) => {}
             Ok(false) => return After::End(None),
             Err(e) => {
-                // As pingora_proxy answers a request it cannot parse.
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    tracing::debug!("unparsable request: {e}");
-                    if let Err(e) = session.respond_error(400).await {
-                        tracing::debug!("could not answer an unparsable request: {e}");
+                // As pingora_proxy answers a request it cannot parse; one whose header runs
+                // past the limit is answered as the gateway answers one over it.
+                let status = if capped(&session) {
+                    Some(431)
+                } else if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    Some(400)
+                } else {
+                    None
+                };
+                if let Some(status) = status {
+                    tracing::debug!("request header refused with {status}: {e}");
+                    if let Err(e) = session.respond_error(status).await {
+                        tracing::debug!("could not answer a refused request header: {e}");
                     }
                 }
                 session.as_downstream_mut().shutdown().await;
@@ -175,11 +229,11 @@ impl Front {
         // What the direct path forwards; CONNECT and all else go to pingora_proxy, which
         // refuses or forwards them as before.
         if !direct::simple(&mut session) {
-            return After::End(self.hand_over(session, shutdown).await);
+            return self.hand_over(session, shutdown).await;
         }
 
         let Some(reuse) = self.answer(&mut session).await else {
-            return After::End(self.hand_over(session, shutdown).await);
+            return self.hand_over(session, shutdown).await;
         };
         if !reuse {
             return After::End(None);
@@ -219,6 +273,18 @@ impl Front {
         };
         self.gateway.record(session, &ctx);
         Some(reuse)
+    }
+}
+
+/// Whether reading the request header in `session` stopped at the cap set on its stream.
+fn capped(session: &Session) -> bool {
+    match session.as_downstream() {
+        ServerSession::H1(h1) => h1
+            .stream()
+            .as_any()
+            .downcast_ref::<Replay>()
+            .is_some_and(Replay::capped),
+        _ => false,
     }
 }
 
@@ -270,7 +336,7 @@ impl ServerApp for Front {
                     self.serve_plain(session, conn, plain, &home, shutdown)
                         .await
                 }
-                Next::Other => self.serve_other(conn, shutdown).await,
+                Next::Other => self.serve_other(conn, header_timeout, shutdown).await,
             };
             conn = match after {
                 After::Next(conn) => conn,

@@ -40,6 +40,10 @@ pub struct Replay {
     keeping: bool,
     /// Set when `kept` outgrew [`MAX_KEPT`] and was dropped.
     overflowed: bool,
+    /// While keeping, the most that may be kept ([`Replay::cap`]); a read past it fails.
+    cap: Option<usize>,
+    /// Set when a read failed at `cap`.
+    capped: bool,
     /// Bytes to read again before reading `inner`.
     again: Bytes,
     /// Bytes written but not yet passed on (see the `AsyncWrite` impl).
@@ -56,6 +60,8 @@ impl Replay {
             kept: BytesMut::new(),
             keeping: false,
             overflowed: false,
+            cap: None,
+            capped: false,
             again: Bytes::new(),
             held: BytesMut::new(),
             discard: false,
@@ -87,6 +93,21 @@ impl Replay {
         self.kept.extend_from_slice(already);
         self.keeping = true;
         self.overflowed = false;
+        self.cap = None;
+        self.capped = false;
+    }
+
+    /// Until the mark ends, let no more than `limit` bytes in all be kept: a read once they
+    /// are fails (see [`Replay::capped`]), and one before that reads no further. The
+    /// gateway's limit on a request header thus holds while pingora's session reads it,
+    /// rather than pingora's own (1 MiB) alone.
+    pub fn cap(&mut self, limit: usize) {
+        self.cap = Some(limit);
+    }
+
+    /// Whether a read failed because it would have gone past the cap.
+    pub fn capped(&self) -> bool {
+        self.capped
     }
 
     /// Stop keeping; the next reads return everything kept since the mark, then whatever was
@@ -94,6 +115,7 @@ impl Replay {
     /// (over [`MAX_KEPT`]).
     pub fn rewind(&mut self) -> bool {
         self.keeping = false;
+        self.cap = None;
         if self.overflowed {
             return false;
         }
@@ -105,6 +127,7 @@ impl Replay {
     /// Stop keeping, and drop what was kept.
     pub fn unmark(&mut self) {
         self.keeping = false;
+        self.cap = None;
         self.overflowed = false;
         self.kept = BytesMut::new();
     }
@@ -141,6 +164,17 @@ impl AsyncRead for Replay {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let room = match this.cap.filter(|_| this.keeping) {
+            Some(cap) if this.kept.len() >= cap => {
+                this.capped = true;
+                return Poll::Ready(Err(io::Error::other("read past the cap")));
+            }
+            Some(cap) => cap - this.kept.len(),
+            None => usize::MAX,
+        };
+        if room < buf.remaining() {
+            return Pin::new(this).poll_read_at_most(cx, buf, room);
+        }
         if !this.again.is_empty() {
             let n = this.again.len().min(buf.remaining());
             buf.put_slice(&this.again[..n]);
@@ -167,6 +201,20 @@ impl AsyncRead for Replay {
 }
 
 impl Replay {
+    /// A read of at most `room` bytes, less than `buf` has room for: only near a cap.
+    fn poll_read_at_most(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        room: usize,
+    ) -> Poll<io::Result<()>> {
+        let mut some = vec![0; room];
+        let mut part = ReadBuf::new(&mut some);
+        ready!(self.as_mut().poll_read(cx, &mut part))?;
+        buf.put_slice(part.filled());
+        Poll::Ready(Ok(()))
+    }
+
     /// Write out what is held back, before a flush, a shutdown or a write that does not fit.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.held.is_empty() {
@@ -304,6 +352,32 @@ mod tests {
     fn pair() -> (Replay, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(4096);
         (Replay::new(Box::new(ours)), theirs)
+    }
+
+    #[tokio::test]
+    async fn a_cap_stops_reads_at_its_limit_until_the_mark_ends() {
+        let (mut replay, mut peer) = pair();
+        replay.unread(Bytes::from_static(b"0123"));
+        replay.mark(b"ab");
+        replay.cap(8);
+        peer.write_all(b"456789-rest").await.unwrap();
+        // 2 already kept: 6 more may be read, put back bytes and the stream's alike.
+        let mut buf = vec![0u8; 64];
+        let mut got = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n @ 1..) = replay.read(&mut buf).await {
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "still reading past the cap: {got:?}");
+        assert_eq!(got, b"012345");
+        assert!(replay.capped());
+        // A rewind lifts the cap: everything kept, then the rest, reads on.
+        assert!(replay.rewind());
+        let mut all = vec![0u8; 15];
+        replay.read_exact(&mut all).await.unwrap();
+        assert_eq!(all, b"ab0123456789-re");
     }
 
     #[tokio::test]
