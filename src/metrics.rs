@@ -20,6 +20,7 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     config_reloads: IntCounterVec,
     login_decisions: IntCounterVec,
+    client_cuts: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,7 +66,15 @@ impl Metrics {
             ),
             &["decision"],
         )?;
+        let client_cuts = IntCounterVec::new(
+            Opts::new(
+                "portcullis_client_connections_cut_total",
+                "Client connections ended by a slow-client or size limit, by reason.",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(login_decisions.clone()))?;
+        registry.register(Box::new(client_cuts.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(tls_handshakes.clone()))?;
@@ -79,6 +88,7 @@ impl Metrics {
             tls_handshakes,
             config_reloads,
             login_decisions,
+            client_cuts,
         })
     }
 
@@ -139,6 +149,12 @@ impl Metrics {
     /// request-rate refusal).
     pub fn limiter_decision(&self, decision: &str) {
         self.login_decisions.with_label_values(&[decision]).inc();
+    }
+
+    /// Count one client connection the gateway ended at a limit: `header_timeout`,
+    /// `header_too_large` or `send_timeout`.
+    pub fn client_cut(&self, reason: &'static str) {
+        self.client_cuts.with_label_values(&[reason]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

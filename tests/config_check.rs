@@ -103,27 +103,34 @@ fn check_takes_client_timeouts_and_refuses_zero() {
     let site = Site::new(Opts {
         client_send_timeout_ms: Some(2500),
         client_header_timeout_ms: Some(2500),
+        client_idle_timeout_ms: Some(2500),
         ..Opts::default()
     });
     let out = site.check();
     assert_eq!(out.code, Some(0), "a client send timeout must pass\n{out}");
-    for (send, header, key) in [
-        (Some(0), None, "client_send_timeout_ms"),
-        (None, Some(0), "client_header_timeout_ms"),
+    // Zero, and more than a day.
+    for (value, why) in [
+        (0, "must be greater than 0"),
+        (86_400_001, "must be at most 86400000 (one day)"),
     ] {
-        let site = Site::new(Opts {
-            client_send_timeout_ms: send,
-            client_header_timeout_ms: header,
-            ..Opts::default()
-        });
-        let line = line_of(&site.config_toml(), key);
-        let out = site.check();
-        assert_reported(&out, "portcullis.toml", line, &format!("{key} = 0"));
-        assert!(
-            out.combined()
-                .contains(&format!("{key} must be greater than 0")),
-            "{out}"
-        );
+        for key in [
+            "client_send_timeout_ms",
+            "client_header_timeout_ms",
+            "client_idle_timeout_ms",
+        ] {
+            let mut opts = Opts::default();
+            let slot = match key {
+                "client_send_timeout_ms" => &mut opts.client_send_timeout_ms,
+                "client_header_timeout_ms" => &mut opts.client_header_timeout_ms,
+                _ => &mut opts.client_idle_timeout_ms,
+            };
+            *slot = Some(value);
+            let site = Site::new(opts);
+            let line = line_of(&site.config_toml(), key);
+            let out = site.check();
+            assert_reported(&out, "portcullis.toml", line, &format!("{key} = {value}"));
+            assert!(out.combined().contains(&format!("{key} {why}")), "{out}");
+        }
     }
 }
 

@@ -327,6 +327,7 @@ async fn a_request_header_trickled_past_the_header_timeout_ends_the_connection()
         "after a plain GET",
     )
     .await;
+    assert_eq!(gw.cuts("header_timeout"), 1.0, "the cut counted");
 }
 
 /// Send `head`, then one byte every 200 ms, never ending the header: the connection must be
@@ -390,6 +391,7 @@ async fn after_a_request_with_a_body_the_next_header_is_still_under_the_header_t
         "after a PUT",
     )
     .await;
+    assert_eq!(gw.cuts("header_timeout"), 1.0, "the cut counted");
 }
 
 /// A request header longer than the loop reads itself (16 KiB) is read by pingora's session;
@@ -423,4 +425,67 @@ async fn a_header_over_16_kib_trickled_past_the_header_timeout_ends_the_connecti
         "a 20 KiB header",
     )
     .await;
+    assert_eq!(gw.cuts("header_timeout"), 1.0, "the cut counted");
+    assert_eq!(gw.cuts("header_too_large"), 0.0);
+}
+
+/// Wait for the server to close `conn`, for at most 15 s; how long it took.
+async fn closed_after(conn: &mut RawConn) -> Duration {
+    let started = std::time::Instant::now();
+    while !conn.closed && started.elapsed() < Duration::from_secs(15) {
+        conn.read_until(Duration::from_millis(100), |_| false).await;
+    }
+    started.elapsed()
+}
+
+/// `client_idle_timeout_ms` ends an HTTP/1 connection that waits that long for its next
+/// request, and no sooner.
+#[tokio::test]
+async fn an_idle_http1_connection_is_closed_after_the_idle_timeout() {
+    let gw = Gateway::start(Opts {
+        client_idle_timeout_ms: Some(1500),
+        ..Opts::default()
+    });
+    let mut conn = served_once(&gw).await;
+    // Quiet for less than the limit: still served.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    conn.send(&request_bytes("GET", "/second", ACME, KEEP, b""))
+        .await;
+    assert_eq!(
+        echoed(&next(&mut conn, "GET /second").await, "GET /second").path,
+        "/second"
+    );
+    let took = closed_after(&mut conn).await;
+    assert!(conn.closed, "an idle connection was kept for 15 s");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "closed after {took:?}, not about the 1.5 s idle timeout"
+    );
+}
+
+/// An HTTP/2 connection with no stream open is closed after the idle timeout too (pingora
+/// keeps one for ever unless told), even if the client never sends a request at all.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let gw = Gateway::start(Opts {
+        client_idle_timeout_ms: Some(1500),
+        ..Opts::default()
+    });
+    let mut conn = RawConn::connect(gw.https_port(), &gw.site.ca_path(), ACME, &[b"h2"])
+        .await
+        .expect("connect");
+    assert_eq!(
+        conn.alpn().as_deref(),
+        Some(&b"h2"[..]),
+        "h2 not negotiated"
+    );
+    // The client preface and an empty SETTINGS frame, then nothing.
+    conn.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await;
+    let took = closed_after(&mut conn).await;
+    assert!(conn.closed, "an idle HTTP/2 connection was kept for 15 s");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "closed after {took:?}, not about the 1.5 s idle timeout"
+    );
 }

@@ -203,4 +203,5 @@ async fn a_header_block_running_past_the_cap_is_refused_before_it_ends() {
     conn.read_until(std::time::Duration::from_secs(10), |_| false)
         .await;
     assert!(conn.closed, "the connection stayed open after the 431");
+    assert_eq!(gw.cuts("header_too_large"), 1.0, "the cut counted");
 }

@@ -143,6 +143,23 @@ async fn listener_address_change_is_rejected() {
     assert_eq!(status_of(&gw, "acme.localhost", "/api/x").await, 200);
 }
 
+/// The client idle timeout is fixed at start (pingora takes HTTP/2's at start-up): a reload
+/// that changes it is rejected, saying so, and the gateway keeps serving.
+#[tokio::test]
+async fn a_client_idle_timeout_change_is_rejected_until_a_restart() {
+    let gw = Gateway::start_default();
+    let config = gw.site.config_toml();
+    let changed = config.replacen("[proxy]\n", "[proxy]\nclient_idle_timeout_ms = 5000\n", 1);
+    assert_ne!(changed, config, "no [proxy] table to change");
+    gw.site.write("portcullis.toml", &changed);
+    assert!(
+        gw.wait_for_log("client_idle_timeout_ms changed; restart to apply", WAIT),
+        "changing client_idle_timeout_ms was not rejected; logs:\n{}",
+        gw.logs()
+    );
+    assert_eq!(status_of(&gw, "acme.localhost", "/api/x").await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_drops_nothing() {
     let gw = Arc::new(Gateway::start_default());

@@ -444,6 +444,7 @@ async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout_on_both_pa
         "no write timeout in the logs:\n{}",
         gw.logs()
     );
+    assert_eq!(gw.cuts("send_timeout"), 2.0, "cuts counted, one per path");
 }
 
 /// Over HTTP/2 a client that stops reading stalls the stream's flow-control window rather
@@ -484,6 +485,7 @@ async fn an_http2_client_that_stops_reading_is_let_go_after_the_send_timeout() {
     .unwrap_or("nothing within 60 s");
     assert_eq!(ended, "a reset", "after {got} bytes");
     assert!(got < HUGE, "the whole body ({got} bytes) arrived");
+    assert_eq!(gw.cuts("send_timeout"), 1.0, "the cut counted");
 }
 
 #[tokio::test]

@@ -153,6 +153,9 @@ pub struct Proxy {
     /// from its first byte (as nginx's `client_header_timeout`): a client that trickles it
     /// is disconnected after it.
     pub client_header_timeout: Duration,
+    /// How long a client connection may stay idle: between requests on HTTP/1, with no stream
+    /// open on HTTP/2 (as nginx's `keepalive_timeout`). Fixed at start-up.
+    pub client_idle_timeout: Duration,
     /// Largest request body let through (413 above).
     pub max_body_bytes: u64,
     /// Largest request header block let through (431 above).
@@ -234,6 +237,7 @@ struct RawProxy {
     idle_timeout_ms: Option<Spanned<u64>>,
     client_send_timeout_ms: Option<Spanned<u64>>,
     client_header_timeout_ms: Option<Spanned<u64>>,
+    client_idle_timeout_ms: Option<Spanned<u64>>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<Spanned<usize>>,
 }
@@ -242,6 +246,9 @@ struct RawProxy {
 const DEFAULT_HSTS_MAX_AGE: u64 = 31_536_000;
 /// pingora's own parser refuses header blocks above this, so a larger cap would be a lie.
 const MAX_HEADER_BYTES_LIMIT: usize = 65_536;
+
+/// The longest timeout in `[proxy]`, in milliseconds: one day.
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
 
 impl Config {
     /// Read and validate the config file and every policy it points at. Relative paths in
@@ -415,6 +422,14 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
             rep.at(ms.span(), format!("{name} must be greater than 0"));
             Duration::from_millis(default)
         }
+        // Past a day no timeout is a sensible limit: most likely a typo.
+        Some(ms) if *ms.get_ref() > MAX_TIMEOUT_MS => {
+            rep.at(
+                ms.span(),
+                format!("{name} must be at most {MAX_TIMEOUT_MS} (one day)"),
+            );
+            Duration::from_millis(default)
+        }
         Some(ms) => Duration::from_millis(*ms.get_ref()),
         None => Duration::from_millis(default),
     };
@@ -431,6 +446,11 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
         &raw.client_header_timeout_ms,
         60_000,
         "client_header_timeout_ms",
+    );
+    let client_idle_timeout = millis(
+        &raw.client_idle_timeout_ms,
+        60_000,
+        "client_idle_timeout_ms",
     );
     let max_header_bytes = match raw.max_header_bytes {
         Some(n) if !(1024..=MAX_HEADER_BYTES_LIMIT).contains(n.get_ref()) => {
@@ -451,6 +471,7 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
         idle_timeout,
         client_send_timeout,
         client_header_timeout,
+        client_idle_timeout,
         max_body_bytes: raw.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         max_header_bytes,
     }

@@ -82,8 +82,11 @@ pub enum Next {
     Plain(Box<Plain>),
     /// Something else; [`Conn::put_back`] returns its bytes to the stream.
     Other,
-    /// The client closed, went quiet or failed before a request began, or within one.
+    /// The client closed, went quiet or failed before a request began, or closed or failed
+    /// within one.
     Closed,
+    /// A request header had begun and did not come whole in time.
+    Overdue,
 }
 
 /// A plain request header.
@@ -149,7 +152,13 @@ impl Conn {
             let read = tokio::select! {
                 biased;
                 read = self.replay.read_buf(&mut self.buf) => read,
-                () = quiet_until(&mut self.quiet, deadline) => return Next::Closed,
+                () = quiet_until(&mut self.quiet, deadline) => {
+                    return if self.buf.is_empty() {
+                        Next::Closed
+                    } else {
+                        Next::Overdue
+                    };
+                }
             };
             match read {
                 Ok(n) if n > 0 => {
@@ -1373,7 +1382,7 @@ mod tests {
             theirs
         });
         let started = Instant::now();
-        assert!(matches!(conn.next(idle, header).await, Next::Closed));
+        assert!(matches!(conn.next(idle, header).await, Next::Overdue));
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(430) && took < Duration::from_millis(1000),
@@ -1422,6 +1431,12 @@ mod tests {
             Next::Closed
         ));
         theirs.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        // Half a header, then quiet: overdue, not merely closed.
+        assert!(matches!(
+            conn.next(Duration::from_millis(30), Duration::from_secs(5))
+                .await,
+            Next::Overdue
+        ));
         drop(theirs);
         assert!(matches!(
             conn.next(Duration::from_secs(5), Duration::from_secs(5))

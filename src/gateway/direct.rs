@@ -379,7 +379,8 @@ async fn read_final_header(
             let parts = client_response(header, 0);
             session
                 .write_response_header(Box::new(ResponseHeader::from(parts)), false)
-                .await?;
+                .await
+                .map_err(|e| e.into_down())?;
         }
     }
     Err(too_many_interims())
@@ -431,17 +432,27 @@ async fn relay_simple(
     let mut remaining = body_len - preread.len() as u64;
     session
         .write_response_header(Box::new(ResponseHeader::from(parts)), body_len == 0)
-        .await?;
+        .await
+        .map_err(|e| e.into_down())?;
     if !preread.is_empty() {
-        session.write_response_body(Some(preread), false).await?;
+        session
+            .write_response_body(Some(preread), false)
+            .await
+            .map_err(|e| e.into_down())?;
     }
     while let Some(chunk) = fast::read_body(&mut stream, &mut remaining, timeouts.read)
         .await
         .map_err(|e| e.into_up())?
     {
-        session.write_response_body(Some(chunk), false).await?;
+        session
+            .write_response_body(Some(chunk), false)
+            .await
+            .map_err(|e| e.into_down())?;
     }
-    session.write_response_body(None, true).await?;
+    session
+        .write_response_body(None, true)
+        .await
+        .map_err(|e| e.into_down())?;
     if keepalive {
         keep(addr, stream, answered);
     }
@@ -480,14 +491,21 @@ async fn relay_other(
     }
     session
         .write_response_header(Box::new(ResponseHeader::from(header)), done)
-        .await?;
+        .await
+        .map_err(|e| e.into_down())?;
     if !done {
         while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
-            session.write_response_body(Some(chunk), false).await?;
+            session
+                .write_response_body(Some(chunk), false)
+                .await
+                .map_err(|e| e.into_down())?;
         }
     }
     // Ends the response in every case (an HTTP/2 stream needs it even without a body).
-    session.write_response_body(None, true).await?;
+    session
+        .write_response_body(None, true)
+        .await
+        .map_err(|e| e.into_down())?;
     let unwrapped = upstream
         .reuse()
         .await

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::{http_proxy, HttpProxy, ProxyHttp, Session};
@@ -39,10 +39,6 @@ use super::replay::Replay;
 use super::state::Shared;
 use super::{Ctx, Gateway, Path, Served};
 
-/// How long an idle client connection waits for its next request (pingora's default).
-const KEEPALIVE_SECS: u64 = 60;
-const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECS);
-
 /// What pingora's session may read of a request header beyond `max_header_bytes`, which is
 /// counted without the blank line that ends the header and with one space after each colon:
 /// room for the blank line and for a little more optional whitespace. A header over it by
@@ -52,6 +48,10 @@ const HEADER_SLACK: usize = 1024;
 /// One worker's data-plane application: the HTTP/1 loop, with pingora_proxy behind it.
 pub struct Front {
     gateway: Gateway,
+    /// How long an idle client connection waits for its next request (`client_idle_timeout`),
+    /// and the same in whole seconds, rounded up, for pingora's HTTP/1 session.
+    idle: Duration,
+    idle_secs: u64,
     proxy: Arc<HttpProxy<Gateway>>,
     closing: AtomicBool,
     closed: Notify,
@@ -60,9 +60,21 @@ pub struct Front {
 impl Front {
     /// The loop and its pingora_proxy over the same shared state.
     pub fn new(shared: Arc<Shared>, conf: &Arc<ServerConf>) -> Self {
+        let idle = shared.runtime.load().config.proxy.client_idle_timeout;
+        let mut proxy = http_proxy(conf, Gateway::new(Arc::clone(&shared)));
+        // Without it pingora keeps an HTTP/2 connection with no stream open for ever.
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(idle);
+        proxy.server_options = Some(options);
         Self {
-            gateway: Gateway::new(Arc::clone(&shared)),
-            proxy: Arc::new(http_proxy(conf, Gateway::new(shared))),
+            gateway: Gateway::new(shared),
+            idle,
+            idle_secs: idle
+                .as_millis()
+                .div_ceil(1000)
+                .try_into()
+                .unwrap_or(u64::MAX),
+            proxy: Arc::new(proxy),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
         }
@@ -102,7 +114,7 @@ impl Front {
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {
-            Some(KEEPALIVE_SECS)
+            Some(self.idle_secs)
         });
         let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
             return After::End(None);
@@ -193,7 +205,7 @@ impl Front {
         downstream.set_keepalive(if *shutdown.borrow() {
             None
         } else {
-            Some(KEEPALIVE_SECS)
+            Some(self.idle_secs)
         });
         let read = tokio::select! {
             // A request already buffered is served even when shutting down.
@@ -201,7 +213,10 @@ impl Front {
             read = downstream.read_request() => read,
             _ = self.closing() => return After::End(None),
             // Too slow: closed without an answer, as the loop closes it.
-            () = tokio::time::sleep_until(deadline) => return After::End(None),
+            () = tokio::time::sleep_until(deadline) => {
+                self.gateway.shared.metrics.client_cut("header_timeout");
+                return After::End(None);
+            }
         };
         match read {
             Ok(true) => {}
@@ -210,6 +225,7 @@ impl Front {
                 // As pingora_proxy answers a request it cannot parse; one whose header runs
                 // past the limit is answered as the gateway answers one over it.
                 let status = if capped(&session) {
+                    self.gateway.shared.metrics.client_cut("header_too_large");
                     Some(431)
                 } else if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
                     Some(400)
@@ -326,11 +342,15 @@ impl ServerApp for Front {
         loop {
             let next = tokio::select! {
                 biased;
-                next = conn.next(KEEPALIVE, header_timeout) => next,
+                next = conn.next(self.idle, header_timeout) => next,
                 () = &mut closing => return None,
             };
             let after = match next {
                 Next::Closed => return None,
+                Next::Overdue => {
+                    self.gateway.shared.metrics.client_cut("header_timeout");
+                    return None;
+                }
                 Next::Plain(plain) => {
                     let session = session.get_or_insert_with(|| Session::new_h1(Box::new(Vacant)));
                     self.serve_plain(session, conn, plain, &home, shutdown)

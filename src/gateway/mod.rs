@@ -603,7 +603,11 @@ impl ProxyHttp for Gateway {
             }
             (_, ErrorSource::Upstream) => Some(RequestError::UpstreamUnavailable),
             (ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed, _) => None,
-            (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Downstream) => None,
+            (ErrorType::WriteTimedout, ErrorSource::Downstream) => {
+                self.shared.metrics.client_cut("send_timeout");
+                None
+            }
+            (ErrorType::ReadTimedout, ErrorSource::Downstream) => None,
             (_, ErrorSource::Downstream) => Some(RequestError::Malformed),
             _ => Some(RequestError::Internal),
         };

@@ -124,12 +124,13 @@ fn fixed_settings_unchanged(old: &Config, new: &Config) -> Result<(), String> {
         && o.http_redirect_listen == n.http_redirect_listen
         && o.threads == n.threads
         && o.store == n.store
+        && old.proxy.client_idle_timeout == new.proxy.client_idle_timeout
         && old.admin == new.admin;
     if same {
         Ok(())
     } else {
         Err(format!(
-            "{}: listeners, threads, admin or store changed; restart to apply them",
+            "{}: listeners, threads, admin, store or client_idle_timeout_ms changed; restart to apply them",
             new.path.display()
         ))
     }

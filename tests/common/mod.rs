@@ -121,6 +121,8 @@ pub struct Opts {
     pub client_send_timeout_ms: Option<u64>,
     /// `[proxy] client_header_timeout_ms`, when set.
     pub client_header_timeout_ms: Option<u64>,
+    /// `[proxy] client_idle_timeout_ms`, when set.
+    pub client_idle_timeout_ms: Option<u64>,
     pub reload_poll_ms: u64,
     /// Start the plain-HTTP redirect listener too.
     pub http_redirect: bool,
@@ -145,6 +147,7 @@ impl Default for Opts {
             idle_timeout_ms: 60_000,
             client_send_timeout_ms: None,
             client_header_timeout_ms: None,
+            client_idle_timeout_ms: None,
             reload_poll_ms: 200,
             http_redirect: false,
             acme_policy_extra: String::new(),
@@ -328,6 +331,9 @@ impl Site {
         }
         if let Some(ms) = o.client_header_timeout_ms {
             s.push_str(&format!("client_header_timeout_ms = {ms}\n"));
+        }
+        if let Some(ms) = o.client_idle_timeout_ms {
+            s.push_str(&format!("client_idle_timeout_ms = {ms}\n"));
         }
         if let Some(b) = o.max_body_bytes {
             s.push_str(&format!("max_body_bytes = {b}\n"));
@@ -701,6 +707,18 @@ impl Gateway {
         let resp = self.admin("/metrics");
         assert_eq!(resp.status, 200, "/metrics status");
         parse_metrics(&resp.text())
+    }
+
+    /// `portcullis_client_connections_cut_total` for `reason` (0 if not yet counted).
+    pub fn cuts(&self, reason: &str) -> f64 {
+        self.metrics()
+            .iter()
+            .filter(|s| {
+                s.name == "portcullis_client_connections_cut_total"
+                    && s.label("reason") == Some(reason)
+            })
+            .map(|s| s.value)
+            .sum()
     }
 
     // ----- reqwest ------------------------------------------------------------------------
