@@ -279,11 +279,13 @@ impl Front {
             Ok(Served::Proxy) => return None,
             Err(e) => {
                 let failed = self.gateway.fail_to_proxy(session, &e, &mut ctx).await;
-                tracing::error!(
-                    "Fail to filter request: {e}, status: {}, {}",
-                    failed.error_code,
-                    self.gateway.request_summary(session, &ctx)
-                );
+                if !self.gateway.suppress_error_log(session, &ctx, &e) {
+                    tracing::error!(
+                        "Fail to filter request: {e}, status: {}, {}",
+                        failed.error_code,
+                        self.gateway.request_summary(session, &ctx)
+                    );
+                }
                 failed.can_reuse_downstream
             }
         };

@@ -647,6 +647,20 @@ impl ProxyHttp for Gateway {
         self.record(session, ctx);
     }
 
+    /// A client that went away or stopped reading mid-answer is the client's doing: logged
+    /// as information (and counted, for a send timeout), not as the gateway's error, so a
+    /// slow-read attack or a cancelled download does not fill the error log.
+    fn suppress_error_log(&self, session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        let gone = client_gone(e);
+        if gone {
+            tracing::info!(
+                "client connection ended: {e}, {}",
+                self.request_summary(session, ctx)
+            );
+        }
+        gone
+    }
+
     /// What pingora's own error logs say about a request: never the query string, which
     /// may carry tokens.
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
@@ -659,6 +673,19 @@ impl ProxyHttp for Gateway {
             None => format!("{} (not admitted)", req.method),
         }
     }
+}
+
+/// Whether `e` is the client's connection failing, closing or timing out.
+pub(crate) fn client_gone(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::ConnectionClosed
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+        )
 }
 
 /// Which audit event a refusal is. Upstream failures are operations, not security events.
