@@ -435,28 +435,31 @@ async fn relay_simple(
         .await
         .map_err(|e| e.into_down())?;
     if !preread.is_empty() {
-        session
-            .write_response_body(Some(preread), false)
-            .await
-            .map_err(|e| e.into_down())?;
+        to_client(session, Some(preread), false).await?;
     }
     while let Some(chunk) = fast::read_body(&mut stream, &mut remaining, timeouts.read)
         .await
         .map_err(|e| e.into_up())?
     {
-        session
-            .write_response_body(Some(chunk), false)
-            .await
-            .map_err(|e| e.into_down())?;
+        to_client(session, Some(chunk), false).await?;
     }
-    session
-        .write_response_body(None, true)
-        .await
-        .map_err(|e| e.into_down())?;
+    to_client(session, None, true).await?;
     if keepalive {
         keep(addr, stream, answered);
     }
     Ok(())
+}
+
+/// Write `body` to the client; a failure is the client's.
+async fn to_client(
+    session: &mut Session,
+    body: Option<bytes::Bytes>,
+    end: bool,
+) -> pingora::Result<()> {
+    session
+        .write_response_body(body, end)
+        .await
+        .map_err(|e| e.into_down())
 }
 
 /// Any other response, read by pingora's client session.
@@ -495,17 +498,11 @@ async fn relay_other(
         .map_err(|e| e.into_down())?;
     if !done {
         while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
-            session
-                .write_response_body(Some(chunk), false)
-                .await
-                .map_err(|e| e.into_down())?;
+            to_client(session, Some(chunk), false).await?;
         }
     }
     // Ends the response in every case (an HTTP/2 stream needs it even without a body).
-    session
-        .write_response_body(None, true)
-        .await
-        .map_err(|e| e.into_down())?;
+    to_client(session, None, true).await?;
     let unwrapped = upstream
         .reuse()
         .await

@@ -80,6 +80,11 @@ impl Front {
         }
     }
 
+    /// A value of the `[proxy]` settings in force now.
+    fn proxy_setting<T>(&self, get: impl FnOnce(&crate::config::Proxy) -> T) -> T {
+        get(&self.gateway.shared.runtime.load().config.proxy)
+    }
+
     /// Resolves once the service is shutting down.
     async fn closing(&self) {
         // Made before the flag is read, so a shutdown between the two is not missed.
@@ -191,15 +196,7 @@ impl Front {
         // Kept from its first byte, in case it is handed over; and no more of it read than
         // the gateway would let through.
         replay.mark(b"");
-        let max_header = self
-            .gateway
-            .shared
-            .runtime
-            .load()
-            .config
-            .proxy
-            .max_header_bytes;
-        replay.cap(max_header + HEADER_SLACK);
+        replay.cap(self.proxy_setting(|p| p.max_header_bytes) + HEADER_SLACK);
         let mut session = Session::new_h1(replay);
         let downstream = session.as_downstream_mut();
         downstream.set_keepalive(if *shutdown.borrow() {
@@ -333,14 +330,7 @@ impl ServerApp for Front {
         let closing = self.closing();
         tokio::pin!(closing);
         // As the configuration was when the connection came; a reload applies to new ones.
-        let header_timeout = self
-            .gateway
-            .shared
-            .runtime
-            .load()
-            .config
-            .proxy
-            .client_header_timeout;
+        let header_timeout = self.proxy_setting(|p| p.client_header_timeout);
         loop {
             let next = tokio::select! {
                 biased;
