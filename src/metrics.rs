@@ -8,6 +8,10 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Why the gateway ends a client connection at a limit: a request header not whole in time,
+/// one past `max_header_bytes`, an answer the client stopped reading.
+pub const CUT_REASONS: [&str; 3] = ["header_timeout", "header_too_large", "send_timeout"];
+
 /// Every metric the gateway exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -73,6 +77,10 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        // Shown at 0 from the start, so a rate over them needs no first cut to exist.
+        for reason in CUT_REASONS {
+            client_cuts.with_label_values(&[reason]);
+        }
         registry.register(Box::new(login_decisions.clone()))?;
         registry.register(Box::new(client_cuts.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -151,8 +159,7 @@ impl Metrics {
         self.login_decisions.with_label_values(&[decision]).inc();
     }
 
-    /// Count one client connection the gateway ended at a limit: `header_timeout`,
-    /// `header_too_large` or `send_timeout`.
+    /// Count one client connection the gateway ended at a limit: one of [`CUT_REASONS`].
     pub fn client_cut(&self, reason: &'static str) {
         self.client_cuts.with_label_values(&[reason]).inc();
     }

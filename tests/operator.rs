@@ -1,6 +1,6 @@
 //! Operator listener (issue 2, item 8): `/healthz`, `/readyz`, and `/metrics` with requests
 //! by tenant, route and status, the upstream latency histogram and TLS handshakes by
-//! negotiated version and cipher.
+//! negotiated version and cipher, and the connections cut at slow-client limits.
 
 mod common;
 
@@ -98,4 +98,25 @@ async fn metrics_count_tls_handshakes_by_version_and_cipher() {
         found,
         "portcullis_tls_handshakes_total{{version, cipher}} must count the TLS 1.3 handshake; got {ours:?}"
     );
+}
+
+/// The slow-client cuts are listed, at 0, before any has happened: an alert on their rate
+/// needs the series to exist.
+#[test]
+fn metrics_list_every_client_cut_reason_from_the_start() {
+    let gw = Gateway::start_default();
+    let cuts: Vec<(String, f64)> = gw
+        .metrics()
+        .into_iter()
+        .filter(|s| s.name == "portcullis_client_connections_cut_total")
+        .map(|s| (s.label("reason").unwrap_or("").to_string(), s.value))
+        .collect();
+    let mut reasons: Vec<&str> = cuts.iter().map(|(r, _)| r.as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        ["header_timeout", "header_too_large", "send_timeout"],
+        "{cuts:?}"
+    );
+    assert!(cuts.iter().all(|(_, v)| *v == 0.0), "{cuts:?}");
 }
