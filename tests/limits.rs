@@ -205,3 +205,33 @@ async fn a_header_block_running_past_the_cap_is_refused_before_it_ends() {
     assert!(conn.closed, "the connection stayed open after the 431");
     assert_eq!(gw.cuts("header_too_large"), 1.0, "the cut counted");
 }
+
+/// The early cut leaves room for what the gateway's count leaves out (the blank line that ends
+/// the header): a header block of exactly `max_header_bytes` by that count, too long for the
+/// loop to read itself, is still served, and one byte more is refused.
+#[tokio::test]
+async fn a_header_block_of_exactly_the_cap_is_served_even_when_pingora_reads_it() {
+    let gw = Gateway::start(Opts {
+        max_header_bytes: Some(20_000),
+        ..Opts::default()
+    });
+    // Counted: "GET" + "/api/edge" + 12 for the request line, then name + value + 4 for
+    // each of host (22), connection (24) and x-filler (12 + n): 82 + n.
+    for (n, want) in [(19_918, 200), (19_919, 431)] {
+        let filler = format!("X-Filler: {}", "a".repeat(n));
+        let mut conn = gw.raw_connect("acme.localhost").await.expect("connect");
+        conn.send(&request_bytes(
+            "GET",
+            "/api/edge",
+            "acme.localhost",
+            &["Connection: keep-alive", &filler],
+            b"",
+        ))
+        .await;
+        let r = conn
+            .read_response(std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no answer to a header of {} bytes", 82 + n));
+        assert_eq!(r.status, want, "a header of {} bytes", 82 + n);
+    }
+}
