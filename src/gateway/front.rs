@@ -80,6 +80,11 @@ impl Front {
         }
     }
 
+    /// The keep-alive for pingora's HTTP/1 session: none once shutting down.
+    fn keepalive(&self, shutdown: &ShutdownWatch) -> Option<u64> {
+        (!*shutdown.borrow()).then_some(self.idle_secs)
+    }
+
     /// A value of the `[proxy]` settings in force now.
     fn proxy_setting<T>(&self, get: impl FnOnce(&crate::config::Proxy) -> T) -> T {
         get(&self.gateway.shared.runtime.load().config.proxy)
@@ -116,11 +121,7 @@ impl Front {
     /// ones take the short way again, as on a connection that never had a body.
     async fn proxy_one(self: &Arc<Self>, replay: Box<Replay>, shutdown: &ShutdownWatch) -> After {
         let mut session = ServerSession::new_http1(replay);
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(self.idle_secs)
-        });
+        session.set_keepalive(self.keepalive(shutdown));
         let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
             return After::End(None);
         };
@@ -199,11 +200,7 @@ impl Front {
         replay.cap(self.proxy_setting(|p| p.max_header_bytes) + HEADER_SLACK);
         let mut session = Session::new_h1(replay);
         let downstream = session.as_downstream_mut();
-        downstream.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(self.idle_secs)
-        });
+        downstream.set_keepalive(self.keepalive(shutdown));
         let read = tokio::select! {
             // A request already buffered is served even when shutting down.
             biased;
@@ -219,8 +216,9 @@ impl Front {
             Ok(true) => {}
             Ok(false) => return After::End(None),
             Err(e) => {
-                // As pingora_proxy answers a request it cannot parse; one whose header runs
-                // past the limit is answered as the gateway answers one over it.
+                // As pingora_proxy answers a request it cannot parse (pingora's own bare error
+                // response); one whose header runs past the limit gets the same with the 431
+                // the gateway gives a header over it once read whole.
                 let status = if capped(&session) {
                     self.gateway.shared.metrics.client_cut("header_too_large");
                     Some(431)

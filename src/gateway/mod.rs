@@ -676,7 +676,7 @@ impl ProxyHttp for Gateway {
 }
 
 /// Whether `e` is the client's connection failing, closing or timing out.
-pub(crate) fn client_gone(e: &Error) -> bool {
+fn client_gone(e: &Error) -> bool {
     e.esource() == &ErrorSource::Downstream
         && matches!(
             e.etype(),
