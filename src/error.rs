@@ -37,6 +37,9 @@ pub enum RequestError {
     /// The body is larger than the configured cap.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client sent the request body too slowly (see `[proxy] client_body_timeout_ms`).
+    #[error("request body too slow")]
+    BodyTimeout,
     /// The header block is larger than the configured cap.
     #[error("request headers too large")]
     HeadersTooLarge,
@@ -65,6 +68,7 @@ impl RequestError {
             Self::Unauthenticated => 401,
             Self::Forbidden => 403,
             Self::UnknownHost | Self::NoRoute => 404,
+            Self::BodyTimeout => 408,
             Self::BodyTooLarge => 413,
             Self::Misdirected => 421,
             Self::RateLimited => 429,
@@ -89,6 +93,7 @@ impl RequestError {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::BodyTooLarge => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::HeadersTooLarge => "headers_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -103,7 +108,11 @@ impl RequestError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Self::Framing(_) | Self::Malformed | Self::HeadersTooLarge | Self::BodyTooLarge
+            Self::Framing(_)
+                | Self::Malformed
+                | Self::HeadersTooLarge
+                | Self::BodyTooLarge
+                | Self::BodyTimeout
         )
     }
 
@@ -119,6 +128,7 @@ impl RequestError {
             Self::Unauthenticated => "You need to sign in to see this page.",
             Self::Forbidden => "You do not have access to this page.",
             Self::BodyTooLarge => "The request body is too large.",
+            Self::BodyTimeout => "The request body arrived too slowly.",
             Self::HeadersTooLarge => "The request headers are too large.",
             Self::UpstreamUnavailable => "The application is not reachable right now.",
             Self::UpstreamTimeout => "The application took too long to answer.",
@@ -141,6 +151,7 @@ mod tests {
             (RequestError::Forbidden, 403),
             (RequestError::UnknownHost, 404),
             (RequestError::NoRoute, 404),
+            (RequestError::BodyTimeout, 408),
             (RequestError::BodyTooLarge, 413),
             (RequestError::Misdirected, 421),
             (RequestError::RateLimited, 429),

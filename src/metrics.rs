@@ -10,7 +10,12 @@ use prometheus::{
 
 /// Why the gateway ends a client connection at a limit: a request header not whole in time,
 /// one past `max_header_bytes`, an answer the client stopped reading.
-pub const CUT_REASONS: [&str; 3] = ["header_timeout", "header_too_large", "send_timeout"];
+pub const CUT_REASONS: [&str; 4] = [
+    "header_timeout",
+    "header_too_large",
+    "send_timeout",
+    "body_timeout",
+];
 
 /// Every metric the gateway exports.
 #[derive(Debug, Clone)]

@@ -104,6 +104,8 @@ fn check_takes_client_timeouts_and_refuses_zero() {
         client_send_timeout_ms: Some(2500),
         client_header_timeout_ms: Some(2500),
         client_idle_timeout_ms: Some(2500),
+        client_body_timeout_ms: Some(2500),
+        client_body_min_rate: Some(0),
         ..Opts::default()
     });
     let out = site.check();
@@ -117,11 +119,13 @@ fn check_takes_client_timeouts_and_refuses_zero() {
             "client_send_timeout_ms",
             "client_header_timeout_ms",
             "client_idle_timeout_ms",
+            "client_body_timeout_ms",
         ] {
             let mut opts = Opts::default();
             let slot = match key {
                 "client_send_timeout_ms" => &mut opts.client_send_timeout_ms,
                 "client_header_timeout_ms" => &mut opts.client_header_timeout_ms,
+                "client_body_timeout_ms" => &mut opts.client_body_timeout_ms,
                 _ => &mut opts.client_idle_timeout_ms,
             };
             *slot = Some(value);
@@ -132,6 +136,27 @@ fn check_takes_client_timeouts_and_refuses_zero() {
             assert!(out.combined().contains(&format!("{key} {why}")), "{out}");
         }
     }
+}
+
+#[test]
+fn check_refuses_a_body_min_rate_past_a_gibibyte_per_second() {
+    let site = Site::new(Opts {
+        client_body_min_rate: Some((1 << 30) + 1),
+        ..Opts::default()
+    });
+    let line = line_of(&site.config_toml(), "client_body_min_rate");
+    let out = site.check();
+    assert_reported(
+        &out,
+        "portcullis.toml",
+        line,
+        "client_body_min_rate = 1073741825",
+    );
+    assert!(
+        out.combined()
+            .contains("client_body_min_rate must be at most 1073741824"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -115,7 +115,12 @@ fn metrics_list_every_client_cut_reason_from_the_start() {
     reasons.sort_unstable();
     assert_eq!(
         reasons,
-        ["header_timeout", "header_too_large", "send_timeout"],
+        [
+            "body_timeout",
+            "header_timeout",
+            "header_too_large",
+            "send_timeout"
+        ],
         "{cuts:?}"
     );
     assert!(cuts.iter().all(|(_, v)| *v == 0.0), "{cuts:?}");

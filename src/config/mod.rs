@@ -156,6 +156,14 @@ pub struct Proxy {
     /// How long a client connection may stay idle: between requests on HTTP/1, with no stream
     /// open on HTTP/2 (as nginx's `keepalive_timeout`). Fixed at start-up.
     pub client_idle_timeout: Duration,
+    /// How long a client may take to send a request body: at most this between two reads
+    /// (as nginx's `client_body_timeout`), and the whole body within this plus one second
+    /// for every [`Proxy::client_body_min_rate`] bytes it sent (as Apache's
+    /// `RequestReadTimeout body=…,MinRate=…`). A client that falls behind gets 408.
+    pub client_body_timeout: Duration,
+    /// The average rate, in bytes per second, a request body must keep up past its first
+    /// [`Proxy::client_body_timeout`]; 0 leaves only the limit between reads.
+    pub client_body_min_rate: u64,
     /// Largest request body let through (413 above).
     pub max_body_bytes: u64,
     /// Largest request header block let through (431 above).
@@ -238,6 +246,8 @@ struct RawProxy {
     client_send_timeout_ms: Option<Spanned<u64>>,
     client_header_timeout_ms: Option<Spanned<u64>>,
     client_idle_timeout_ms: Option<Spanned<u64>>,
+    client_body_timeout_ms: Option<Spanned<u64>>,
+    client_body_min_rate: Option<Spanned<u64>>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<Spanned<usize>>,
 }
@@ -246,6 +256,13 @@ struct RawProxy {
 const DEFAULT_HSTS_MAX_AGE: u64 = 31_536_000;
 /// pingora's own parser refuses header blocks above this, so a larger cap would be a lie.
 const MAX_HEADER_BYTES_LIMIT: usize = 65_536;
+
+/// The request body's default minimum rate past its first `client_body_timeout_ms`, in bytes
+/// per second: Apache's default `MinRate`, far below any real upload and far above a
+/// trickle meant to hold a connection.
+const DEFAULT_BODY_MIN_RATE: u64 = 500;
+/// The largest `client_body_min_rate` taken: 1 GiB/s, past which it is most likely a typo.
+const MAX_BODY_MIN_RATE: u64 = 1 << 30;
 
 /// The longest timeout in `[proxy]`, in milliseconds: one day.
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
@@ -452,6 +469,24 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
         60_000,
         "client_idle_timeout_ms",
     );
+    let client_body_timeout = millis(
+        &raw.client_body_timeout_ms,
+        60_000,
+        "client_body_timeout_ms",
+    );
+    let client_body_min_rate = match &raw.client_body_min_rate {
+        Some(rate) if *rate.get_ref() > MAX_BODY_MIN_RATE => {
+            rep.at(
+                rate.span(),
+                format!(
+                    "client_body_min_rate must be at most {MAX_BODY_MIN_RATE} (bytes per second)"
+                ),
+            );
+            DEFAULT_BODY_MIN_RATE
+        }
+        Some(rate) => *rate.get_ref(),
+        None => DEFAULT_BODY_MIN_RATE,
+    };
     let max_header_bytes = match raw.max_header_bytes {
         Some(n) if !(1024..=MAX_HEADER_BYTES_LIMIT).contains(n.get_ref()) => {
             rep.at(
@@ -472,6 +507,8 @@ fn proxy(raw: RawProxy, rep: &mut Reporter<'_>) -> Proxy {
         client_send_timeout,
         client_header_timeout,
         client_idle_timeout,
+        client_body_timeout,
+        client_body_min_rate,
         max_body_bytes: raw.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         max_header_bytes,
     }

@@ -9,6 +9,7 @@ pub mod direct;
 pub mod fast;
 pub mod front;
 pub mod idp_refresh;
+pub mod pace;
 pub mod redirect;
 pub mod reload;
 pub mod replay;
@@ -479,6 +480,8 @@ pub struct Ctx {
     body_bytes: u64,
     /// When the request was sent upstream.
     upstream_sent: Option<Instant>,
+    /// How fast the rest of the request body must arrive, while one is expected.
+    body_pace: Option<pace::BodyPace>,
     /// A refusal to record once the request is done.
     refused: Option<RequestError>,
     /// Interim (1xx) responses pingora_proxy relayed so far.
@@ -503,21 +506,33 @@ impl ProxyHttp for Gateway {
         ))
     }
 
-    /// Counts body bytes as they stream, so a chunked body is cut at the cap too.
+    /// Counts body bytes as they stream, so a chunked body is cut at the cap too, and keeps
+    /// the body to its pace ([`pace`]).
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         let cap = ctx
             .runtime
             .as_ref()
             .map_or(0, |rt| rt.config.proxy.max_body_bytes);
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        let bytes = body.as_ref().map_or(0, |b| b.len() as u64);
+        ctx.body_bytes += bytes;
         if ctx.body_bytes > cap {
             return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the cap");
+        }
+        if let Some(pace) = ctx.body_pace.as_mut() {
+            let Some(left) = pace.arrived(bytes, Instant::now()) else {
+                return Error::e_explain(ErrorType::HTTPStatus(408), "request body too slow");
+            };
+            if end_of_stream {
+                ctx.body_pace = None;
+            } else {
+                session.set_read_timeout(Some(left));
+            }
         }
         Ok(())
     }
@@ -550,7 +565,20 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         *upstream_request = self.upstream_request(session, upstream_request, ctx)?;
-        ctx.upstream_sent = Some(Instant::now());
+        let now = Instant::now();
+        ctx.upstream_sent = Some(now);
+        if !session.is_body_done() {
+            if let Some(rt) = &ctx.runtime {
+                let proxy = &rt.config.proxy;
+                let pace = pace::BodyPace::start(
+                    now,
+                    proxy.client_body_timeout,
+                    proxy.client_body_min_rate,
+                );
+                session.set_read_timeout(pace.left(now));
+                ctx.body_pace = Some(pace);
+            }
+        }
         Ok(())
     }
 
@@ -598,6 +626,26 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let err = match (e.etype(), e.esource()) {
             (ErrorType::HTTPStatus(413), _) => Some(RequestError::BodyTooLarge),
+            // Too slow as body bytes arrived (408), or a body read timed out, which in the
+            // body's pace is the time it had left.
+            (ErrorType::HTTPStatus(408), _) => {
+                self.shared.metrics.client_cut("body_timeout");
+                Some(RequestError::BodyTimeout)
+            }
+            (ErrorType::ReadTimedout, ErrorSource::Downstream) if ctx.body_pace.is_some() => {
+                self.shared.metrics.client_cut("body_timeout");
+                Some(RequestError::BodyTimeout)
+            }
+            // The upstream gave up waiting while the client was behind with the body (an
+            // HTTP/2 body that stopped, whose reads have no timeout): the client's doing.
+            (ErrorType::ReadTimedout, ErrorSource::Upstream)
+                if ctx
+                    .body_pace
+                    .is_some_and(|pace| pace.left(Instant::now()).is_none()) =>
+            {
+                self.shared.metrics.client_cut("body_timeout");
+                Some(RequestError::BodyTimeout)
+            }
             (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => {
                 Some(RequestError::UpstreamTimeout)
             }
@@ -647,11 +695,12 @@ impl ProxyHttp for Gateway {
         self.record(session, ctx);
     }
 
-    /// A client that went away or stopped reading mid-answer is the client's doing: logged
-    /// as information (and counted, for a send timeout), not as the gateway's error, so a
-    /// slow-read attack or a cancelled download does not fill the error log.
+    /// A client that went away, stopped reading mid-answer, sent its body too slowly or sent
+    /// too much of it is the client's doing: logged as information (and counted, for a send
+    /// timeout), not as the gateway's error, so a slow-read or slow-body attack or a cancelled
+    /// download does not fill the error log.
     fn suppress_error_log(&self, session: &Session, ctx: &Ctx, e: &Error) -> bool {
-        let gone = client_gone(e);
+        let gone = client_gone(e) || matches!(e.etype(), ErrorType::HTTPStatus(408 | 413));
         if gone {
             tracing::info!(
                 "client connection ended: {e}, {}",
@@ -703,6 +752,7 @@ fn audit_kind(err: &RequestError) -> Option<EventKind> {
         | RequestError::NoRoute
         | RequestError::UpstreamUnavailable
         | RequestError::UpstreamTimeout
+        | RequestError::BodyTimeout
         | RequestError::Internal
         | RequestError::RateLimited
         | RequestError::Unavailable => None,

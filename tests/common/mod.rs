@@ -123,6 +123,10 @@ pub struct Opts {
     pub client_header_timeout_ms: Option<u64>,
     /// `[proxy] client_idle_timeout_ms`, when set.
     pub client_idle_timeout_ms: Option<u64>,
+    /// `[proxy] client_body_timeout_ms`, when set.
+    pub client_body_timeout_ms: Option<u64>,
+    /// `[proxy] client_body_min_rate`, when set.
+    pub client_body_min_rate: Option<u64>,
     pub reload_poll_ms: u64,
     /// Start the plain-HTTP redirect listener too.
     pub http_redirect: bool,
@@ -148,6 +152,8 @@ impl Default for Opts {
             client_send_timeout_ms: None,
             client_header_timeout_ms: None,
             client_idle_timeout_ms: None,
+            client_body_timeout_ms: None,
+            client_body_min_rate: None,
             reload_poll_ms: 200,
             http_redirect: false,
             acme_policy_extra: String::new(),
@@ -334,6 +340,12 @@ impl Site {
         }
         if let Some(ms) = o.client_idle_timeout_ms {
             s.push_str(&format!("client_idle_timeout_ms = {ms}\n"));
+        }
+        if let Some(ms) = o.client_body_timeout_ms {
+            s.push_str(&format!("client_body_timeout_ms = {ms}\n"));
+        }
+        if let Some(rate) = o.client_body_min_rate {
+            s.push_str(&format!("client_body_min_rate = {rate}\n"));
         }
         if let Some(b) = o.max_body_bytes {
             s.push_str(&format!("max_body_bytes = {b}\n"));

@@ -1,0 +1,265 @@
+//! A request body must keep coming (`[proxy] client_body_timeout_ms`, `client_body_min_rate`):
+//! a client that trickles or stalls its body to hold a connection and an upstream slot (a
+//! slow-POST attack) gets 408 and is let go, over HTTP/1.1 and HTTP/2, while a slow but steady
+//! upload that takes longer than the timeout goes through.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+
+const ACME: &str = "acme.localhost";
+
+/// One second between reads, then 100 bytes a second on average; the upstream read timeout
+/// far away, so it is not what ends a slow body.
+fn paced() -> Gateway {
+    Gateway::start(Opts {
+        client_body_timeout_ms: Some(1000),
+        client_body_min_rate: Some(100),
+        read_timeout_ms: 30_000,
+        ..Opts::default()
+    })
+}
+
+fn post_header(len: usize) -> String {
+    format!("POST /echo HTTP/1.1\r\nHost: {ACME}\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\r\n")
+}
+
+/// The cut is logged as the client's doing, at info, and not as the gateway's error.
+fn assert_logged_as_the_clients(gw: &Gateway) {
+    let logs = gw.logs();
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("ERROR") && (l.contains("Fail to") || l.contains("too slow"))),
+        "a client's slow body logged as an error:\n{logs}"
+    );
+    assert!(
+        logs.lines().any(|l| l.contains("INFO")
+            && l.contains("client connection ended")
+            && (l.contains("too slow") || l.contains("reading body"))),
+        "no info line for the cut:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn an_http1_body_trickled_below_the_rate_gets_408_and_the_connection_ends() {
+    let gw = paced();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(post_header(1000).as_bytes()).await;
+    // One byte every 400 ms: always within the second between reads, far below 100 B/s.
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < 1000 && start.elapsed() < Duration::from_secs(20) {
+        conn.send(b"x").await;
+        sent += 1;
+        if conn
+            .read_until(Duration::from_millis(400), |b| {
+                b.windows(4).any(|w| w == b"\r\n\r\n")
+            })
+            .await
+            || conn.closed
+        {
+            break;
+        }
+    }
+    let took = start.elapsed();
+    let reply = conn.read_to_close(Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&reply.bytes);
+    assert!(
+        text.starts_with("HTTP/1.1 408 "),
+        "after {sent} bytes in {took:?}: {text}"
+    );
+    assert!(reply.closed, "the connection stayed open after the 408");
+    assert!(sent < 20, "{sent} bytes trickled before the cut ({took:?})");
+    assert!(took < Duration::from_secs(5), "cut only after {took:?}");
+    assert_eq!(gw.cuts("body_timeout"), 1.0, "the cut counted");
+    assert_logged_as_the_clients(&gw);
+}
+
+#[tokio::test]
+async fn an_http1_body_that_stops_gets_408_after_the_timeout() {
+    let gw = paced();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(post_header(100).as_bytes()).await;
+    conn.send(b"0123456789").await;
+    let start = Instant::now();
+    let reply = conn.read_to_close(Duration::from_secs(20)).await;
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&reply.bytes);
+    assert!(text.starts_with("HTTP/1.1 408 "), "after {took:?}: {text}");
+    assert!(reply.closed, "the connection stayed open after the 408");
+    // The second it had, plus the tenth of a second its ten bytes earned at 100 B/s.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "cut after {took:?}"
+    );
+    assert_eq!(gw.cuts("body_timeout"), 1.0, "the cut counted");
+    assert_logged_as_the_clients(&gw);
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_http1_upload_longer_than_the_timeout_goes_through() {
+    let gw = paced();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    // 1000 bytes at 400 B/s: 2.5 s in all, well past the one-second timeout, but every
+    // piece within it and the average above 100 B/s.
+    let len = 1000;
+    conn.send(post_header(len).as_bytes()).await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        conn.send(&[b'y'; 100]).await;
+    }
+    let resp = conn
+        .read_response(Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let body = String::from_utf8_lossy(&resp.body);
+    assert!(body.contains(&format!("\"body_len\":{len}")), "{body}");
+    assert_eq!(gw.cuts("body_timeout"), 0.0);
+}
+
+#[tokio::test]
+async fn a_body_with_no_rate_may_trickle_but_not_stop() {
+    let gw = Gateway::start(Opts {
+        client_body_timeout_ms: Some(1000),
+        client_body_min_rate: Some(0),
+        read_timeout_ms: 30_000,
+        ..Opts::default()
+    });
+    // A trickle within the timeout between reads passes with no rate to keep...
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(post_header(8).as_bytes()).await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        conn.send(b"z").await;
+    }
+    let resp = conn
+        .read_response(Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    // ...and a stall past it is still cut.
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(post_header(8).as_bytes()).await;
+    conn.send(b"z").await;
+    let reply = conn.read_to_close(Duration::from_secs(20)).await;
+    let text = String::from_utf8_lossy(&reply.bytes);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert_eq!(gw.cuts("body_timeout"), 1.0);
+}
+
+/// An HTTP/2 connection to the gateway (h2 by ALPN), driven in the background.
+async fn h2_connect(gw: &Gateway) -> h2::client::SendRequest<Bytes> {
+    let connector =
+        tokio_rustls::TlsConnector::from(tls_client_config(&gw.site.ca_path(), &[b"h2"]));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.site.ports.https))
+        .await
+        .expect("tcp connect");
+    let name = rustls::pki_types::ServerName::try_from(ACME.to_string()).expect("server name");
+    let tls = connector.connect(name, tcp).await.expect("tls handshake");
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+#[tokio::test]
+async fn an_http2_body_trickled_below_the_rate_gets_408() {
+    let gw = paced();
+    let mut send = h2_connect(&gw).await;
+    let req = http::Request::post(format!("https://{ACME}/echo"))
+        .header("content-length", "1000")
+        .body(())
+        .expect("request");
+    let (resp, mut body) = send.send_request(req, false).expect("send request");
+    let resp = tokio::spawn(resp);
+    // One byte every 400 ms, as over HTTP/1.
+    let start = Instant::now();
+    let mut sent = 0;
+    while !resp.is_finished() && sent < 1000 && start.elapsed() < Duration::from_secs(20) {
+        if body.send_data(Bytes::from_static(b"x"), false).is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let took = start.elapsed();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer within 10 s")
+        .expect("response task");
+    let status = resp.map(|r| r.status().as_u16());
+    assert!(
+        matches!(status, Ok(408)),
+        "after {sent} bytes in {took:?}: {status:?}"
+    );
+    assert!(sent < 20, "{sent} bytes trickled before the cut ({took:?})");
+    assert_eq!(gw.cuts("body_timeout"), 1.0, "the cut counted");
+    assert_logged_as_the_clients(&gw);
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_http2_upload_goes_through() {
+    let gw = paced();
+    let mut send = h2_connect(&gw).await;
+    let req = http::Request::post(format!("https://{ACME}/echo"))
+        .header("content-length", "1000")
+        .body(())
+        .expect("request");
+    let (resp, mut body) = send.send_request(req, false).expect("send request");
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        body.send_data(Bytes::from(vec![b'y'; 100]), i == 9)
+            .expect("send data");
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer within 10 s")
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body chunk");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("\"body_len\":1000"), "{text}");
+    assert_eq!(gw.cuts("body_timeout"), 0.0);
+}
+
+#[tokio::test]
+async fn an_http2_body_that_stops_gets_408_when_the_upstream_stops_waiting() {
+    // HTTP/2 body reads have no timeout of their own: the upstream read timeout ends the
+    // wait, and the answer says whose fault it was.
+    let gw = Gateway::start(Opts {
+        client_body_timeout_ms: Some(1000),
+        client_body_min_rate: Some(100),
+        read_timeout_ms: 3000,
+        ..Opts::default()
+    });
+    let mut send = h2_connect(&gw).await;
+    let req = http::Request::post(format!("https://{ACME}/echo"))
+        .header("content-length", "100")
+        .body(())
+        .expect("request");
+    let (resp, mut body) = send.send_request(req, false).expect("send request");
+    body.send_data(Bytes::from_static(b"0123456789"), false)
+        .expect("send data");
+    let start = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+        .await
+        .expect("an answer within 20 s");
+    let took = start.elapsed();
+    let status = resp.map(|r| r.status().as_u16());
+    assert!(matches!(status, Ok(408)), "after {took:?}: {status:?}");
+    assert!(took < Duration::from_secs(10), "cut after {took:?}");
+    assert_eq!(gw.cuts("body_timeout"), 1.0, "the cut counted");
+    drop(body);
+}
