@@ -263,3 +263,40 @@ async fn an_http2_body_that_stops_gets_408_when_the_upstream_stops_waiting() {
     assert_eq!(gw.cuts("body_timeout"), 1.0, "the cut counted");
     drop(body);
 }
+
+#[tokio::test]
+async fn a_websocket_may_idle_past_the_body_timeout() {
+    // After a 101 the client's bytes are the tunnel, not a request body: no pace applies.
+    let gw = paced();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {ACME}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let resp = conn
+        .read_response(Duration::from_secs(10))
+        .await
+        .expect("a response to the upgrade request");
+    assert_eq!(resp.status, 101, "upgrade: {resp:?}");
+    for round in 0..2 {
+        // Idle for 2.5 times the body timeout, then a few bytes: far below 100 B/s.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let payload = format!("still-here-{round}");
+        conn.send(payload.as_bytes()).await;
+        let echoed = conn
+            .read_until(Duration::from_secs(10), |b| {
+                b.windows(payload.len()).any(|w| w == payload.as_bytes())
+            })
+            .await;
+        assert!(
+            echoed,
+            "round {round}: the tunnel did not echo; got {:?}",
+            String::from_utf8_lossy(&conn.buf)
+        );
+    }
+    assert_eq!(gw.cuts("body_timeout"), 0.0);
+}

@@ -567,7 +567,8 @@ impl ProxyHttp for Gateway {
         *upstream_request = self.upstream_request(session, upstream_request, ctx)?;
         let now = Instant::now();
         ctx.upstream_sent = Some(now);
-        if !session.is_body_done() {
+        // An upgrade's body turns into the upgraded stream (a WebSocket), which may idle.
+        if !session.is_upgrade_req() && !session.is_body_done() {
             if let Some(rt) = &ctx.runtime {
                 let proxy = &rt.config.proxy;
                 let pace = pace::BodyPace::start(
