@@ -186,10 +186,11 @@ CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 # proc_ticks PID... — user + system CPU ticks (all threads) of these processes and of their
 # direct children (nginx's workers). Fields are read after the `)` that closes the command
-# name, which may itself hold spaces.
+# name, which may itself hold spaces. A process that ends between the glob and its read makes
+# cat fail, which under pipefail would end the whole run without a word: that is not an error.
 proc_ticks() {
     [ "$#" -eq 0 ] && { echo 0; return; }
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v want=" $* " '
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v want=" $* " '
         {
             pid = $1
             rest = $0
