@@ -98,6 +98,20 @@ async fn an_http1_body_that_stops_gets_408_after_the_timeout() {
     );
     assert_eq!(gw.cuts("body_timeout"), 1.0, "the cut counted");
     assert_logged_as_the_clients(&gw);
+    // The upstream connection that carried the cut-off body is not reused: the requests
+    // after it arrive whole, not read as the rest of that body.
+    for i in 0..4 {
+        let mut conn = gw.raw_connect(ACME).await.expect("connect");
+        conn.send(format!("{}hello", post_header(5)).as_bytes())
+            .await;
+        let resp = conn
+            .read_response(Duration::from_secs(10))
+            .await
+            .expect("an answer");
+        let body = String::from_utf8_lossy(&resp.body);
+        assert_eq!(resp.status, 200, "request {i}: {body}");
+        assert!(body.contains("\"body_len\":5"), "request {i}: {body}");
+    }
 }
 
 #[tokio::test]
@@ -299,4 +313,34 @@ async fn a_websocket_may_idle_past_the_body_timeout() {
         );
     }
     assert_eq!(gw.cuts("body_timeout"), 0.0);
+}
+
+#[tokio::test]
+async fn a_reload_that_tightens_the_body_timeout_applies_to_the_next_request() {
+    let gw = Gateway::start(Opts {
+        read_timeout_ms: 30_000,
+        ..Opts::default()
+    });
+    let config = gw.site.config_toml();
+    let changed = config.replacen(
+        "[proxy]\n",
+        "[proxy]\nclient_body_timeout_ms = 1000\nclient_body_min_rate = 100\n",
+        1,
+    );
+    assert_ne!(changed, config, "no [proxy] table to change");
+    gw.site.write("portcullis.toml", &changed);
+    assert!(
+        gw.wait_for_log("config reloaded", Duration::from_secs(20)),
+        "the reload did not happen; logs:\n{}",
+        gw.logs()
+    );
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(post_header(100).as_bytes()).await;
+    conn.send(b"0123456789").await;
+    let start = Instant::now();
+    let reply = conn.read_to_close(Duration::from_secs(20)).await;
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&reply.bytes);
+    assert!(text.starts_with("HTTP/1.1 408 "), "after {took:?}: {text}");
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
 }
