@@ -27,6 +27,21 @@ fn post_header(len: usize) -> String {
     format!("POST /echo HTTP/1.1\r\nHost: {ACME}\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\r\n")
 }
 
+/// Sends a POST header for 100 body bytes and ten of them, then nothing: what comes back
+/// before the gateway closes (20 s at most), whether it closed, and how long it took.
+async fn stall_h1(gw: &Gateway) -> (String, bool, Duration) {
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(format!("{}0123456789", post_header(100)).as_bytes())
+        .await;
+    let start = Instant::now();
+    let reply = conn.read_to_close(Duration::from_secs(20)).await;
+    (
+        String::from_utf8_lossy(&reply.bytes).into_owned(),
+        reply.closed,
+        start.elapsed(),
+    )
+}
+
 /// The cut is logged as the client's doing, at info, and not as the gateway's error.
 fn assert_logged_as_the_clients(gw: &Gateway) {
     let logs = gw.logs();
@@ -82,15 +97,9 @@ async fn an_http1_body_trickled_below_the_rate_gets_408_and_the_connection_ends(
 #[tokio::test]
 async fn an_http1_body_that_stops_gets_408_after_the_timeout() {
     let gw = paced();
-    let mut conn = gw.raw_connect(ACME).await.expect("connect");
-    conn.send(post_header(100).as_bytes()).await;
-    conn.send(b"0123456789").await;
-    let start = Instant::now();
-    let reply = conn.read_to_close(Duration::from_secs(20)).await;
-    let took = start.elapsed();
-    let text = String::from_utf8_lossy(&reply.bytes);
+    let (text, closed, took) = stall_h1(&gw).await;
     assert!(text.starts_with("HTTP/1.1 408 "), "after {took:?}: {text}");
-    assert!(reply.closed, "the connection stayed open after the 408");
+    assert!(closed, "the connection stayed open after the 408");
     // The second it had, plus the tenth of a second its ten bytes earned at 100 B/s.
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
@@ -157,13 +166,21 @@ async fn a_body_with_no_rate_may_trickle_but_not_stop() {
         .expect("an answer");
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
     // ...and a stall past it is still cut.
-    let mut conn = gw.raw_connect(ACME).await.expect("connect");
-    conn.send(post_header(8).as_bytes()).await;
-    conn.send(b"z").await;
-    let reply = conn.read_to_close(Duration::from_secs(20)).await;
-    let text = String::from_utf8_lossy(&reply.bytes);
-    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    let (text, _, took) = stall_h1(&gw).await;
+    assert!(text.starts_with("HTTP/1.1 408 "), "after {took:?}: {text}");
     assert_eq!(gw.cuts("body_timeout"), 1.0);
+}
+
+/// Starts an HTTP/2 POST of `len` body bytes to the echo backend; the body is sent by hand.
+fn h2_post(
+    send: &mut h2::client::SendRequest<Bytes>,
+    len: usize,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let req = http::Request::post(format!("https://{ACME}/echo"))
+        .header("content-length", len.to_string())
+        .body(())
+        .expect("request");
+    send.send_request(req, false).expect("send request")
 }
 
 /// An HTTP/2 connection to the gateway (h2 by ALPN), driven in the background.
@@ -186,11 +203,7 @@ async fn h2_connect(gw: &Gateway) -> h2::client::SendRequest<Bytes> {
 async fn an_http2_body_trickled_below_the_rate_gets_408() {
     let gw = paced();
     let mut send = h2_connect(&gw).await;
-    let req = http::Request::post(format!("https://{ACME}/echo"))
-        .header("content-length", "1000")
-        .body(())
-        .expect("request");
-    let (resp, mut body) = send.send_request(req, false).expect("send request");
+    let (resp, mut body) = h2_post(&mut send, 1000);
     let resp = tokio::spawn(resp);
     // One byte every 400 ms, as over HTTP/1.
     let start = Instant::now();
@@ -221,11 +234,7 @@ async fn an_http2_body_trickled_below_the_rate_gets_408() {
 async fn a_slow_but_steady_http2_upload_goes_through() {
     let gw = paced();
     let mut send = h2_connect(&gw).await;
-    let req = http::Request::post(format!("https://{ACME}/echo"))
-        .header("content-length", "1000")
-        .body(())
-        .expect("request");
-    let (resp, mut body) = send.send_request(req, false).expect("send request");
+    let (resp, mut body) = h2_post(&mut send, 1000);
     for i in 0..10 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         body.send_data(Bytes::from(vec![b'y'; 100]), i == 9)
@@ -259,11 +268,7 @@ async fn an_http2_body_that_stops_gets_408_when_the_upstream_stops_waiting() {
         ..Opts::default()
     });
     let mut send = h2_connect(&gw).await;
-    let req = http::Request::post(format!("https://{ACME}/echo"))
-        .header("content-length", "100")
-        .body(())
-        .expect("request");
-    let (resp, mut body) = send.send_request(req, false).expect("send request");
+    let (resp, mut body) = h2_post(&mut send, 100);
     body.send_data(Bytes::from_static(b"0123456789"), false)
         .expect("send data");
     let start = Instant::now();
@@ -283,14 +288,7 @@ async fn a_websocket_may_idle_past_the_body_timeout() {
     // After a 101 the client's bytes are the tunnel, not a request body: no pace applies.
     let gw = paced();
     let mut conn = gw.raw_connect(ACME).await.expect("connect");
-    conn.send(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: {ACME}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await;
+    conn.send(websocket_upgrade(ACME).as_bytes()).await;
     let resp = conn
         .read_response(Duration::from_secs(10))
         .await
@@ -334,13 +332,7 @@ async fn a_reload_that_tightens_the_body_timeout_applies_to_the_next_request() {
         "the reload did not happen; logs:\n{}",
         gw.logs()
     );
-    let mut conn = gw.raw_connect(ACME).await.expect("connect");
-    conn.send(post_header(100).as_bytes()).await;
-    conn.send(b"0123456789").await;
-    let start = Instant::now();
-    let reply = conn.read_to_close(Duration::from_secs(20)).await;
-    let took = start.elapsed();
-    let text = String::from_utf8_lossy(&reply.bytes);
+    let (text, _, took) = stall_h1(&gw).await;
     assert!(text.starts_with("HTTP/1.1 408 "), "after {took:?}: {text}");
     assert!(took < Duration::from_secs(5), "cut after {took:?}");
 }

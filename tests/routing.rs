@@ -398,11 +398,8 @@ async fn silent_upstream_gives_504_page() {
 async fn websocket_upgrade_passes() {
     let gw = Gateway::start_default();
     let mut conn = gw.raw_connect("acme.localhost").await.expect("TLS connect");
-    conn.send(
-        b"GET /ws HTTP/1.1\r\nHost: acme.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await;
+    conn.send(websocket_upgrade("acme.localhost").as_bytes())
+        .await;
     let resp = conn
         .read_response(Duration::from_secs(10))
         .await

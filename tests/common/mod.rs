@@ -1135,6 +1135,14 @@ impl RawConn {
     }
 }
 
+/// A WebSocket upgrade request (RFC 6455 §4.1) for `/ws` on `host`.
+pub fn websocket_upgrade(host: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// Builds an HTTP/1.1 request with `Host`, `Connection: close` (unless `extra` names a
 /// `Connection` header), the `extra` header lines and a body with `Content-Length` if
 /// non-empty.
