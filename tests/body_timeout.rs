@@ -336,3 +336,40 @@ async fn a_reload_that_tightens_the_body_timeout_applies_to_the_next_request() {
     assert!(text.starts_with("HTTP/1.1 408 "), "after {took:?}: {text}");
     assert!(took < Duration::from_secs(5), "cut after {took:?}");
 }
+
+#[tokio::test]
+async fn a_whole_body_then_a_silent_upstream_is_the_upstreams_504() {
+    // The body is done: the upstream's silence past the body timeout is not the client's.
+    let gw = Gateway::start(Opts {
+        client_body_timeout_ms: Some(500),
+        client_body_min_rate: Some(100),
+        read_timeout_ms: 2000,
+        ..Opts::default()
+    });
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(
+        format!(
+            "POST /slow/x HTTP/1.1\r\nHost: {ACME}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let resp = conn
+        .read_response(Duration::from_secs(20))
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status, 504, "over HTTP/1.1");
+    let mut send = h2_connect(&gw).await;
+    let req = http::Request::post(format!("https://{ACME}/slow/x"))
+        .body(())
+        .expect("request");
+    let (resp, mut body) = send.send_request(req, false).expect("send request");
+    body.send_data(Bytes::from_static(b"hello"), true)
+        .expect("send data");
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+        .await
+        .expect("an answer within 20 s")
+        .expect("response");
+    assert_eq!(resp.status(), 504, "over HTTP/2");
+    assert_eq!(gw.cuts("body_timeout"), 0.0);
+}

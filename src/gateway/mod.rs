@@ -528,7 +528,7 @@ impl ProxyHttp for Gateway {
             let Some(left) = pace.arrived(bytes, Instant::now()) else {
                 return Error::e_explain(ErrorType::HTTPStatus(408), "request body too slow");
             };
-            if end_of_stream {
+            if end_of_stream || session.is_body_done() {
                 ctx.body_pace = None;
             } else {
                 session.set_read_timeout(Some(left));
@@ -625,28 +625,24 @@ impl ProxyHttp for Gateway {
 
     /// Runs when proxying failed after admission: map the failure to our own page.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let err = match (e.etype(), e.esource()) {
-            (ErrorType::HTTPStatus(413), _) => Some(RequestError::BodyTooLarge),
-            // Too slow as body bytes arrived (408), or a body read timed out, which in the
-            // body's pace is the time it had left.
-            (ErrorType::HTTPStatus(408), _) => {
-                self.shared.metrics.client_cut("body_timeout");
-                Some(RequestError::BodyTimeout)
-            }
-            (ErrorType::ReadTimedout, ErrorSource::Downstream) if ctx.body_pace.is_some() => {
-                self.shared.metrics.client_cut("body_timeout");
-                Some(RequestError::BodyTimeout)
-            }
+        let body_late = match (e.etype(), e.esource()) {
+            // Too slow as body bytes arrived.
+            (ErrorType::HTTPStatus(408), _) => true,
+            // A body read timed out: in the body's pace that is the time it had left.
+            (ErrorType::ReadTimedout, ErrorSource::Downstream) => ctx.body_pace.is_some(),
             // The upstream gave up waiting while the client was behind with the body (an
             // HTTP/2 body that stopped, whose reads have no timeout): the client's doing.
-            (ErrorType::ReadTimedout, ErrorSource::Upstream)
-                if ctx
-                    .body_pace
-                    .is_some_and(|pace| pace.left(Instant::now()).is_none()) =>
-            {
-                self.shared.metrics.client_cut("body_timeout");
-                Some(RequestError::BodyTimeout)
-            }
+            (ErrorType::ReadTimedout, ErrorSource::Upstream) => ctx
+                .body_pace
+                .is_some_and(|pace| pace.left(Instant::now()).is_none()),
+            _ => false,
+        };
+        if body_late {
+            self.shared.metrics.client_cut("body_timeout");
+        }
+        let err = match (e.etype(), e.esource()) {
+            _ if body_late => Some(RequestError::BodyTimeout),
+            (ErrorType::HTTPStatus(413), _) => Some(RequestError::BodyTooLarge),
             (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => {
                 Some(RequestError::UpstreamTimeout)
             }
