@@ -394,6 +394,37 @@ async fn after_a_request_with_a_body_the_next_header_is_still_under_the_header_t
     assert_eq!(gw.cuts("header_timeout"), 1.0, "the cut counted");
 }
 
+/// A reload that tightens the header timeout applies to connections already open: an operator
+/// under a slowloris attack does not wait for the attackers' connections to turn over.
+#[tokio::test]
+async fn a_reload_that_tightens_the_header_timeout_applies_to_open_connections() {
+    let gw = Gateway::start_default();
+    let mut conn = gw.raw_connect(ACME).await.expect("connect");
+    conn.send(&request_bytes("GET", "/before", ACME, KEEP, b""))
+        .await;
+    assert_eq!(
+        echoed(&next(&mut conn, "GET /before").await, "GET /before").path,
+        "/before"
+    );
+    let config = gw.site.config_toml();
+    let changed = config.replacen("[proxy]\n", "[proxy]\nclient_header_timeout_ms = 1500\n", 1);
+    assert_ne!(changed, config, "no [proxy] table to change");
+    gw.site.write("portcullis.toml", &changed);
+    assert!(
+        gw.wait_for_log("config reloaded", WAIT),
+        "the reload did not happen; logs:\n{}",
+        gw.logs()
+    );
+    trickle_until_closed(
+        &mut conn,
+        b"GET /trickle HTTP/1.1\r\nHost: acme.localhost\r\nX-Pad: ",
+        Duration::from_millis(1500),
+        "on a connection opened before the reload",
+    )
+    .await;
+    assert_eq!(gw.cuts("header_timeout"), 1.0, "the cut counted");
+}
+
 /// A request header longer than the loop reads itself (16 KiB) is read by pingora's session;
 /// it too must be whole within the header timeout. One that is whole in time is served.
 #[tokio::test]

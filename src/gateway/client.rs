@@ -130,7 +130,9 @@ impl Conn {
     /// read it. The connection may stay quiet for at most `idle`, as each read of pingora's
     /// keep-alive wait may, and a request header, once begun, must be whole within `header`
     /// of its first byte: a client that trickles it byte by byte is not kept for ever.
-    pub async fn next(&mut self, idle: Duration, header: Duration) -> Next {
+    /// `header` is asked for the header timeout only when a header has begun and is not yet
+    /// whole, so it can follow a reload at no cost to requests that come in one read.
+    pub async fn next(&mut self, idle: Duration, header: impl Fn() -> Duration) -> Next {
         loop {
             if !self.buf.is_empty() {
                 match take_plain(&mut self.buf) {
@@ -147,7 +149,7 @@ impl Conn {
             }
             let mut deadline = self.last_read + idle;
             if let Some(begun) = self.begun.filter(|_| !self.buf.is_empty()) {
-                deadline = deadline.min(begun + header);
+                deadline = deadline.min(begun + header());
             }
             let read = tokio::select! {
                 biased;
@@ -1338,10 +1340,10 @@ mod tests {
         theirs.write_all(&sent[..10]).await.unwrap();
         let reader = tokio::spawn(async move {
             let first = conn
-                .next(Duration::from_secs(5), Duration::from_secs(5))
+                .next(Duration::from_secs(5), || Duration::from_secs(5))
                 .await;
             let second = conn
-                .next(Duration::from_secs(5), Duration::from_secs(5))
+                .next(Duration::from_secs(5), || Duration::from_secs(5))
                 .await;
             (conn, first, second)
         });
@@ -1357,7 +1359,7 @@ mod tests {
 
         drop(theirs);
         assert!(matches!(
-            conn.next(Duration::from_secs(5), Duration::from_secs(5))
+            conn.next(Duration::from_secs(5), || Duration::from_secs(5))
                 .await,
             Next::Closed
         ));
@@ -1382,7 +1384,7 @@ mod tests {
             theirs
         });
         let started = Instant::now();
-        assert!(matches!(conn.next(idle, header).await, Next::Overdue));
+        assert!(matches!(conn.next(idle, || header).await, Next::Overdue));
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(430) && took < Duration::from_millis(1000),
@@ -1408,7 +1410,7 @@ mod tests {
         });
         let started = Instant::now();
         assert!(matches!(
-            conn.next(idle, Duration::from_secs(5)).await,
+            conn.next(idle, || Duration::from_secs(5)).await,
             Next::Plain(_)
         ));
         assert!(
@@ -1417,7 +1419,7 @@ mod tests {
         );
         let _theirs = writer.await.unwrap();
         let quiet = Instant::now();
-        assert!(matches!(conn.next(idle, idle).await, Next::Closed));
+        assert!(matches!(conn.next(idle, || idle).await, Next::Closed));
         assert!(quiet.elapsed() >= idle - Duration::from_millis(20));
     }
 
@@ -1426,20 +1428,20 @@ mod tests {
         let (ours, mut theirs) = tokio::io::duplex(1024);
         let mut conn = Conn::new(Box::new(Replay::new(Box::new(ours))));
         assert!(matches!(
-            conn.next(Duration::from_millis(30), Duration::from_millis(30))
+            conn.next(Duration::from_millis(30), || Duration::from_millis(30))
                 .await,
             Next::Closed
         ));
         theirs.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         // Half a header, then quiet: overdue, not merely closed.
         assert!(matches!(
-            conn.next(Duration::from_millis(30), Duration::from_secs(5))
+            conn.next(Duration::from_millis(30), || Duration::from_secs(5))
                 .await,
             Next::Overdue
         ));
         drop(theirs);
         assert!(matches!(
-            conn.next(Duration::from_secs(5), Duration::from_secs(5))
+            conn.next(Duration::from_secs(5), || Duration::from_secs(5))
                 .await,
             Next::Closed
         ));

@@ -327,8 +327,9 @@ impl ServerApp for Front {
         let mut session: Option<Session> = None;
         let closing = self.closing();
         tokio::pin!(closing);
-        // As the configuration was when the connection came; a reload applies to new ones.
-        let header_timeout = self.proxy_setting(|p| p.client_header_timeout);
+        // Read when a request header begins, so a reload (tightening it during an attack, say)
+        // applies to the connections already open too.
+        let header_timeout = || self.proxy_setting(|p| p.client_header_timeout);
         loop {
             let next = tokio::select! {
                 biased;
@@ -346,7 +347,7 @@ impl ServerApp for Front {
                     self.serve_plain(session, conn, plain, &home, shutdown)
                         .await
                 }
-                Next::Other => self.serve_other(conn, header_timeout, shutdown).await,
+                Next::Other => self.serve_other(conn, header_timeout(), shutdown).await,
             };
             conn = match after {
                 After::Next(conn) => conn,
