@@ -319,14 +319,8 @@ async fn a_reload_that_tightens_the_body_timeout_applies_to_the_next_request() {
         read_timeout_ms: 30_000,
         ..Opts::default()
     });
-    let config = gw.site.config_toml();
-    let changed = config.replacen(
-        "[proxy]\n",
-        "[proxy]\nclient_body_timeout_ms = 1000\nclient_body_min_rate = 100\n",
-        1,
-    );
-    assert_ne!(changed, config, "no [proxy] table to change");
-    gw.site.write("portcullis.toml", &changed);
+    gw.site
+        .write_proxy_lines("client_body_timeout_ms = 1000\nclient_body_min_rate = 100\n");
     assert!(
         gw.wait_for_log("config reloaded", Duration::from_secs(20)),
         "the reload did not happen; logs:\n{}",

@@ -406,10 +406,8 @@ async fn a_reload_that_tightens_the_header_timeout_applies_to_open_connections()
         echoed(&next(&mut conn, "GET /before").await, "GET /before").path,
         "/before"
     );
-    let config = gw.site.config_toml();
-    let changed = config.replacen("[proxy]\n", "[proxy]\nclient_header_timeout_ms = 1500\n", 1);
-    assert_ne!(changed, config, "no [proxy] table to change");
-    gw.site.write("portcullis.toml", &changed);
+    gw.site
+        .write_proxy_lines("client_header_timeout_ms = 1500\n");
     assert!(
         gw.wait_for_log("config reloaded", WAIT),
         "the reload did not happen; logs:\n{}",

@@ -148,10 +148,7 @@ async fn listener_address_change_is_rejected() {
 #[tokio::test]
 async fn a_client_idle_timeout_change_is_rejected_until_a_restart() {
     let gw = Gateway::start_default();
-    let config = gw.site.config_toml();
-    let changed = config.replacen("[proxy]\n", "[proxy]\nclient_idle_timeout_ms = 5000\n", 1);
-    assert_ne!(changed, config, "no [proxy] table to change");
-    gw.site.write("portcullis.toml", &changed);
+    gw.site.write_proxy_lines("client_idle_timeout_ms = 5000\n");
     assert!(
         gw.wait_for_log("client_idle_timeout_ms changed; restart to apply", WAIT),
         "changing client_idle_timeout_ms was not rejected; logs:\n{}",

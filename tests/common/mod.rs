@@ -356,6 +356,15 @@ impl Site {
         s
     }
 
+    /// Rewrites `portcullis.toml` with `lines` (`key = value`, newline-ended) at the top of
+    /// its `[proxy]` table, for a reload to pick up.
+    pub fn write_proxy_lines(&self, lines: &str) {
+        let config = self.config_toml();
+        let changed = config.replacen("[proxy]\n", &format!("[proxy]\n{lines}"), 1);
+        assert_ne!(changed, config, "no [proxy] table to change");
+        self.write("portcullis.toml", &changed);
+    }
+
     pub fn config_toml(&self) -> String {
         self.config_toml_with_listen(self.ports.https)
     }
