@@ -376,11 +376,7 @@ async fn read_final_header(
         }
         interims += 1;
         if relay {
-            let parts = client_response(header, 0);
-            session
-                .write_response_header(Box::new(ResponseHeader::from(parts)), false)
-                .await
-                .map_err(|e| e.into_down())?;
+            header_to_client(session, client_response(header, 0), false).await?;
         }
     }
     Err(too_many_interims())
@@ -430,10 +426,7 @@ async fn relay_simple(
     } = simple;
     let answered = finish(&mut parts);
     let mut remaining = body_len - preread.len() as u64;
-    session
-        .write_response_header(Box::new(ResponseHeader::from(parts)), body_len == 0)
-        .await
-        .map_err(|e| e.into_down())?;
+    header_to_client(session, parts, body_len == 0).await?;
     if !preread.is_empty() {
         to_client(session, Some(preread), false).await?;
     }
@@ -448,6 +441,18 @@ async fn relay_simple(
         keep(addr, stream, answered);
     }
     Ok(())
+}
+
+/// Write a response header to the client; a failure is the client's.
+async fn header_to_client(
+    session: &mut Session,
+    parts: ResponseParts,
+    end: bool,
+) -> pingora::Result<()> {
+    session
+        .write_response_header(Box::new(ResponseHeader::from(parts)), end)
+        .await
+        .map_err(|e| e.into_down())
 }
 
 /// Write `body` to the client; a failure is the client's.
@@ -492,10 +497,7 @@ async fn relay_other(
             http::HeaderValue::from_static("chunked"),
         );
     }
-    session
-        .write_response_header(Box::new(ResponseHeader::from(header)), done)
-        .await
-        .map_err(|e| e.into_down())?;
+    header_to_client(session, header, done).await?;
     if !done {
         while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
             to_client(session, Some(chunk), false).await?;
