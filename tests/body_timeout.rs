@@ -15,10 +15,15 @@ const ACME: &str = "acme.localhost";
 /// One second between reads, then 100 bytes a second on average; the upstream read timeout
 /// far away, so it is not what ends a slow body.
 fn paced() -> Gateway {
+    paced_with(1000, 100, 30_000)
+}
+
+/// A gateway with this body timeout, minimum body rate and upstream read timeout.
+fn paced_with(body_timeout_ms: u64, min_rate: u64, read_timeout_ms: u64) -> Gateway {
     Gateway::start(Opts {
-        client_body_timeout_ms: Some(1000),
-        client_body_min_rate: Some(100),
-        read_timeout_ms: 30_000,
+        client_body_timeout_ms: Some(body_timeout_ms),
+        client_body_min_rate: Some(min_rate),
+        read_timeout_ms,
         ..Opts::default()
     })
 }
@@ -147,12 +152,7 @@ async fn a_slow_but_steady_http1_upload_longer_than_the_timeout_goes_through() {
 
 #[tokio::test]
 async fn a_body_with_no_rate_may_trickle_but_not_stop() {
-    let gw = Gateway::start(Opts {
-        client_body_timeout_ms: Some(1000),
-        client_body_min_rate: Some(0),
-        read_timeout_ms: 30_000,
-        ..Opts::default()
-    });
+    let gw = paced_with(1000, 0, 30_000);
     // A trickle within the timeout between reads passes with no rate to keep...
     let mut conn = gw.raw_connect(ACME).await.expect("connect");
     conn.send(post_header(8).as_bytes()).await;
@@ -261,12 +261,7 @@ async fn a_slow_but_steady_http2_upload_goes_through() {
 async fn an_http2_body_that_stops_gets_408_when_the_upstream_stops_waiting() {
     // HTTP/2 body reads have no timeout of their own: the upstream read timeout ends the
     // wait, and the answer says whose fault it was.
-    let gw = Gateway::start(Opts {
-        client_body_timeout_ms: Some(1000),
-        client_body_min_rate: Some(100),
-        read_timeout_ms: 3000,
-        ..Opts::default()
-    });
+    let gw = paced_with(1000, 100, 3000);
     let mut send = h2_connect(&gw).await;
     let (resp, mut body) = h2_post(&mut send, 100);
     body.send_data(Bytes::from_static(b"0123456789"), false)
@@ -334,12 +329,7 @@ async fn a_reload_that_tightens_the_body_timeout_applies_to_the_next_request() {
 #[tokio::test]
 async fn a_whole_body_then_a_silent_upstream_is_the_upstreams_504() {
     // The body is done: the upstream's silence past the body timeout is not the client's.
-    let gw = Gateway::start(Opts {
-        client_body_timeout_ms: Some(500),
-        client_body_min_rate: Some(100),
-        read_timeout_ms: 2000,
-        ..Opts::default()
-    });
+    let gw = paced_with(500, 100, 2000);
     let mut conn = gw.raw_connect(ACME).await.expect("connect");
     conn.send(
         format!(
