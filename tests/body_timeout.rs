@@ -183,26 +183,10 @@ fn h2_post(
     send.send_request(req, false).expect("send request")
 }
 
-/// An HTTP/2 connection to the gateway (h2 by ALPN), driven in the background.
-async fn h2_connect(gw: &Gateway) -> h2::client::SendRequest<Bytes> {
-    let connector =
-        tokio_rustls::TlsConnector::from(tls_client_config(&gw.site.ca_path(), &[b"h2"]));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.site.ports.https))
-        .await
-        .expect("tcp connect");
-    let name = rustls::pki_types::ServerName::try_from(ACME.to_string()).expect("server name");
-    let tls = connector.connect(name, tcp).await.expect("tls handshake");
-    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
-
 #[tokio::test]
 async fn an_http2_body_trickled_below_the_rate_gets_408() {
     let gw = paced();
-    let mut send = h2_connect(&gw).await;
+    let mut send = gw.h2_connect().await;
     let (resp, mut body) = h2_post(&mut send, 1000);
     let resp = tokio::spawn(resp);
     // One byte every 400 ms, as over HTTP/1.
@@ -233,7 +217,7 @@ async fn an_http2_body_trickled_below_the_rate_gets_408() {
 #[tokio::test]
 async fn a_slow_but_steady_http2_upload_goes_through() {
     let gw = paced();
-    let mut send = h2_connect(&gw).await;
+    let mut send = gw.h2_connect().await;
     let (resp, mut body) = h2_post(&mut send, 1000);
     for i in 0..10 {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -262,7 +246,7 @@ async fn an_http2_body_that_stops_gets_408_when_the_upstream_stops_waiting() {
     // HTTP/2 body reads have no timeout of their own: the upstream read timeout ends the
     // wait, and the answer says whose fault it was.
     let gw = paced_with(1000, 100, 3000);
-    let mut send = h2_connect(&gw).await;
+    let mut send = gw.h2_connect().await;
     let (resp, mut body) = h2_post(&mut send, 100);
     body.send_data(Bytes::from_static(b"0123456789"), false)
         .expect("send data");
@@ -343,7 +327,7 @@ async fn a_whole_body_then_a_silent_upstream_is_the_upstreams_504() {
         .await
         .expect("an answer");
     assert_eq!(resp.status, 504, "over HTTP/1.1");
-    let mut send = h2_connect(&gw).await;
+    let mut send = gw.h2_connect().await;
     let req = http::Request::post(format!("https://{ACME}/slow/x"))
         .body(())
         .expect("request");

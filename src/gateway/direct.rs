@@ -278,8 +278,14 @@ enum Answer {
 /// Send the request `build` makes from the client's and read the response header, relaying
 /// interim (1xx) responses on the way (see [`read_final_header`]). A reused connection the
 /// upstream closed meanwhile is replaced once by a new one: the request has no body and a
-/// safe method, so sending it again is harmless (it is built again for that, so the usual case
-/// builds it once). Once the upstream has answered anything, it is not sent again.
+/// safe method, so sending the same bytes again is harmless. Once the upstream has answered
+/// anything, it is not sent again.
+///
+/// An HTTP/2 client that resets its stream (or closes its connection) while the upstream is
+/// being asked ends the exchange at once, and the upstream connection is dropped: otherwise a
+/// client resetting every stream right after opening it (Rapid Reset, CVE-2023-44487) would
+/// free its stream slots while the gateway kept a request per reset stream open upstream,
+/// without bound.
 async fn exchange(
     addr: SocketAddr,
     session: &mut Session,
@@ -288,20 +294,28 @@ async fn exchange(
     sent: Instant,
 ) -> pingora::Result<Answer> {
     let head_request = session.req_header().method == Method::HEAD;
+    let request = build(session).map_err(|e| e.into_in())?;
     let mut reused = pooled(addr, timeouts.idle, sent);
     loop {
         let was_reused = reused.is_some();
-        let mut stream = match reused.take() {
-            Some(stream) => stream,
-            None => connect(addr, timeouts).await.map_err(|e| e.into_up())?,
+        // Everything that waits on the upstream, without the session: it can be raced against
+        // the client going away.
+        let ask = async {
+            let mut stream = match reused.take() {
+                Some(stream) => stream,
+                None => connect(addr, timeouts).await.map_err(|e| e.into_up())?,
+            };
+            let mut heard = false;
+            let head = match fast::send(&mut stream, &request, timeouts.write).await {
+                Ok(()) => {
+                    fast::read_head(&mut stream, timeouts.read, head_request, &mut heard).await
+                }
+                Err(e) => Err(e),
+            };
+            Ok::<_, Box<Error>>((stream, head.map_err(|e| (e, heard))))
         };
-        let request = build(session).map_err(|e| e.into_in())?;
-        let mut heard = false;
-        let answered = match fast::send(&mut stream, &request, timeouts.write).await {
-            Ok(()) => fast::read_head(&mut stream, timeouts.read, head_request, &mut heard).await,
-            Err(e) => Err(e),
-        };
-        let answered = match answered {
+        let (stream, head) = unless_client_left(session, ask).await??;
+        let answered = match head {
             Ok(Head::Simple(simple)) => return Ok(Answer::Simple(stream, simple)),
             Ok(Head::Other(read)) => {
                 // pingora's client session reads the response from its first byte. It is
@@ -319,19 +333,46 @@ async fn exchange(
                     Err(e) => Err(e),
                 };
                 match written {
+                    // The upstream has answered something: never sent again.
                     Ok(_) => read_final_header(&mut upstream, session)
                         .await
-                        .map(|()| Answer::Other(Box::new(upstream))),
-                    Err(e) => Err(e.into_up()),
+                        .map(|()| Answer::Other(Box::new(upstream)))
+                        .map_err(|e| (e, true)),
+                    Err(e) => Err((e.into_up(), true)),
                 }
             }
-            Err(e) => Err(e.into_up()),
+            Err((e, heard)) => Err((e.into_up(), heard)),
         };
         match answered {
             Ok(answer) => return Ok(answer),
             // A timeout is the upstream being slow, not a stale connection.
-            Err(e) if was_reused && !heard && !is_timeout(&e) => continue,
-            Err(e) => return Err(e),
+            Err((e, heard)) if was_reused && !heard && !is_timeout(&e) => continue,
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// `work`'s output, unless the client goes away first: an HTTP/2 stream the client resets (or
+/// the gateway resets for the client's protocol error) or whose connection closes ends the
+/// request as the client's doing, and `work`, with the upstream connection it holds, is
+/// dropped. Every wait on the upstream goes through here. An HTTP/1 client's closing is
+/// noticed at the next write.
+async fn unless_client_left<T>(
+    session: &mut Session,
+    work: impl Future<Output = T>,
+) -> pingora::Result<T> {
+    let Some(closed) = session.as_downstream_mut().watch_h2_stream_close() else {
+        return Ok(work.await);
+    };
+    tokio::select! {
+        biased;
+        out = work => Ok(out),
+        reason = closed => {
+            let why = match reason {
+                Ok(reason) => format!("client closed its HTTP/2 stream ({reason})"),
+                Err(e) => format!("client's HTTP/2 stream failed: {e}"),
+            };
+            Err(Error::explain(ErrorType::ConnectionClosed, why).into_down())
         }
     }
 }
@@ -355,7 +396,9 @@ async fn read_final_header(
     let relay = session.req_header().version >= http::Version::HTTP_11;
     let mut interims = 0;
     loop {
-        upstream.read_response().await.map_err(|e| e.into_up())?;
+        unless_client_left(session, upstream.read_response())
+            .await?
+            .map_err(|e| e.into_up())?;
         let Some(header) = upstream.resp_header() else {
             return Err(
                 Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up(),
@@ -430,9 +473,12 @@ async fn relay_simple(
     if !preread.is_empty() {
         to_client(session, Some(preread), false).await?;
     }
-    while let Some(chunk) = fast::read_body(&mut stream, &mut remaining, timeouts.read)
-        .await
-        .map_err(|e| e.into_up())?
+    while let Some(chunk) = unless_client_left(
+        session,
+        fast::read_body(&mut stream, &mut remaining, timeouts.read),
+    )
+    .await?
+    .map_err(|e| e.into_up())?
     {
         to_client(session, Some(chunk), false).await?;
     }
@@ -499,7 +545,10 @@ async fn relay_other(
     }
     header_to_client(session, header, done).await?;
     if !done {
-        while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
+        while let Some(chunk) = unless_client_left(session, upstream.read_body_bytes())
+            .await?
+            .map_err(|e| e.into_up())?
+        {
             to_client(session, Some(chunk), false).await?;
         }
     }

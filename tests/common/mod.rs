@@ -779,6 +779,22 @@ impl Gateway {
             .expect("build reqwest client")
     }
 
+    /// An HTTP/2 connection (h2 by ALPN, SNI acme.localhost), driven in the background.
+    pub async fn h2_connect(&self) -> h2::client::SendRequest<bytes::Bytes> {
+        let connector =
+            tokio_rustls::TlsConnector::from(tls_client_config(&self.site.ca_path(), &[b"h2"]));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.site.ports.https))
+            .await
+            .expect("tcp connect");
+        let name = rustls::pki_types::ServerName::try_from("acme.localhost").expect("server name");
+        let tls = connector.connect(name, tcp).await.expect("tls handshake");
+        let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        send
+    }
+
     // ----- raw TLS ------------------------------------------------------------------------
 
     /// Opens a TLS connection with the given SNI (ALPN http/1.1), trusting only our CA.
@@ -1082,6 +1098,11 @@ impl RawConn {
             buf: Vec::new(),
             closed: false,
         })
+    }
+
+    /// The TLS stream itself, for a test that reads and writes at once.
+    pub fn into_stream(self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.stream
     }
 
     /// Which ALPN protocol the server chose.

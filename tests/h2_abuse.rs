@@ -1,0 +1,533 @@
+//! HTTP/2 abuse: a client that opens streams and resets them at once ("Rapid Reset",
+//! CVE-2023-44487) must not make the gateway hold more upstream requests than the stream
+//! limit it advertises, nor keep working for streams nobody waits for.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ACME: &str = "acme.localhost";
+
+/// How long the held upstream sits on each request before it answers.
+const HOLD: Duration = Duration::from_secs(3);
+
+/// What the held upstream saw.
+#[derive(Default)]
+struct Seen {
+    /// Requests that arrived.
+    started: AtomicUsize,
+    /// Requests arrived and neither answered nor abandoned yet.
+    in_flight: AtomicUsize,
+    /// The most that were in flight at once.
+    most: AtomicUsize,
+    /// Requests whose connection the gateway closed before the answer.
+    abandoned: AtomicUsize,
+}
+
+impl Seen {
+    fn start(&self) {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn end(&self, abandoned: bool) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if abandoned {
+            self.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// An upstream that answers each request only after [`HOLD`] (under `/held/late-body/`, the
+/// header at once and the body after [`HOLD`]), noticing when the gateway gives up on one
+/// (closes the connection) first.
+async fn held_upstream() -> (u16, Arc<Seen>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Seen::default());
+    let seen2 = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen2);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request header at a time (the gateway sends no bodies here).
+                    while !contains(&buf, b"\r\n\r\n") {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end);
+                    // The body, whole, before the request counts as waiting for its answer.
+                    let body_done = |buf: &[u8]| match content_length(&head) {
+                        Some(len) => buf.len() >= len,
+                        None if head.contains("transfer-encoding: chunked") => {
+                            contains(buf, b"0\r\n\r\n")
+                        }
+                        None => true,
+                    };
+                    while !body_done(&buf) {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    seen.start();
+                    // Under /held/late-body/ the header goes at once and only the body waits.
+                    let late_body = head.contains(" /held/late-body/");
+                    if late_body {
+                        let header = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+                        if conn.write_all(header).await.is_err() {
+                            seen.end(true);
+                            return;
+                        }
+                    }
+                    let answer = tokio::select! {
+                        () = tokio::time::sleep(HOLD) => true,
+                        read = conn.read(&mut chunk) => {
+                            // The gateway closed (or wrote a pipelined request, which it
+                            // never does): either way this request is abandoned.
+                            let _ = read;
+                            false
+                        }
+                    };
+                    seen.end(!answer);
+                    if !answer {
+                        return;
+                    }
+                    let ok: &[u8] = if late_body {
+                        b"ok"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if conn.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn with_held_route(port: u16) -> Gateway {
+    Gateway::start(Opts {
+        read_timeout_ms: 30_000,
+        acme_policy_extra: route(
+            "held",
+            "/held",
+            &format!("http://127.0.0.1:{port}"),
+            "public",
+        ),
+        ..Opts::default()
+    })
+}
+
+/// The plain form of the attack: every stream reset right after its HEADERS, as fast as the
+/// client can write. Resets that arrive before the gateway takes their streams up make the
+/// HTTP/2 layer end the connection (GOAWAY, ENHANCE_YOUR_CALM) after a few; the rest are let
+/// go upstream as soon as they arrive. Either way nothing piles up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_as_fast_as_they_open_pile_nothing_up() {
+    let (port, seen) = held_upstream().await;
+    let gw = with_held_route(port);
+    let mut send = gw.h2_connect().await;
+    let mut opened = 0;
+    for i in 0..1000 {
+        send = match send.clone().ready().await {
+            Ok(s) => s,
+            Err(_) => break,
+        };
+        let req = http::Request::get(format!("https://{ACME}/held/{i}"))
+            .body(())
+            .expect("request");
+        let Ok((_resp, mut stream)) = send.send_request(req, true) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+    }
+    // Well before HOLD has passed for the first request.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (started, most, abandoned, in_flight) = (
+        seen.started.load(Ordering::SeqCst),
+        seen.most.load(Ordering::SeqCst),
+        seen.abandoned.load(Ordering::SeqCst),
+        seen.in_flight.load(Ordering::SeqCst),
+    );
+    let ended = send.ready().await.err();
+    eprintln!(
+        "opened {opened}; upstream saw {started}, at most {most} at once, {abandoned} abandoned; connection ended: {ended:?}"
+    );
+    assert!(most <= 100, "{most} upstream requests at once");
+    assert_eq!(
+        (abandoned, in_flight),
+        (started, 0),
+        "requests of reset streams kept open upstream"
+    );
+    if let Some(e) = ended {
+        // The GOAWAY, or the close right after it when the client was still writing.
+        assert!(
+            e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io() || e.is_go_away(),
+            "ended otherwise: {e}"
+        );
+    }
+    // A new connection is served as usual.
+    let mut fresh = gw.h2_connect().await.ready().await.expect("new connection");
+    let req = http::Request::get(format!("https://{ACME}/echo"))
+        .body(())
+        .expect("request");
+    let (resp, _) = fresh.send_request(req, true).expect("send");
+    assert_eq!(resp.await.expect("response").status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_reset_while_their_body_is_awaited_are_let_go_upstream() {
+    let (port, seen) = held_upstream().await;
+    let gw = with_held_route(port);
+    let outcome = reset_in_batches(&gw, &seen, "/held/late-body/", None).await;
+    assert_let_go("GET, body awaited", &outcome);
+}
+
+/// What a batched reset attack left upstream.
+struct Outcome {
+    opened: usize,
+    started: usize,
+    most: usize,
+    abandoned: usize,
+    in_flight: usize,
+}
+
+/// The variant that beats a stream limit counted by the protocol alone: ten batches of 100
+/// streams, each batch reset only once the gateway has taken its requests up (so no reset
+/// comes before its stream is accepted) and every batch freeing the client's slots for the
+/// next. With `body`, each request is a POST with that body, sent whole before the reset.
+async fn reset_in_batches(
+    gw: &Gateway,
+    seen: &Seen,
+    prefix: &str,
+    body: Option<&'static [u8]>,
+) -> Outcome {
+    let mut send = gw.h2_connect().await;
+    let mut opened = 0;
+    'batches: for batch in 0..10 {
+        let mut streams = Vec::new();
+        for i in 0..100 {
+            send = match send.clone().ready().await {
+                Ok(s) => s,
+                Err(_) => break 'batches,
+            };
+            let uri = format!("https://{ACME}{prefix}{batch}/{i}");
+            let req = match body {
+                Some(b) => http::Request::post(uri).header("content-length", b.len().to_string()),
+                None => http::Request::get(uri),
+            }
+            .body(())
+            .expect("request");
+            let Ok((resp, mut stream)) = send.send_request(req, body.is_none()) else {
+                break 'batches;
+            };
+            if let Some(b) = body {
+                if stream
+                    .send_data(bytes::Bytes::from_static(b), true)
+                    .is_err()
+                {
+                    break 'batches;
+                }
+            }
+            streams.push((resp, stream));
+            opened += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (_resp, mut stream) in streams {
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+    // Well before HOLD has passed for the last batch, long enough for the gateway to let go.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Outcome {
+        opened,
+        started: seen.started.load(Ordering::SeqCst),
+        most: seen.most.load(Ordering::SeqCst),
+        abandoned: seen.abandoned.load(Ordering::SeqCst),
+        in_flight: seen.in_flight.load(Ordering::SeqCst),
+    }
+}
+
+/// Every request of a reset stream was given up upstream (its connection closed) long before
+/// the upstream would have answered, so no more were ever open there than the client had
+/// streams open.
+fn assert_let_go(what: &str, o: &Outcome) {
+    eprintln!(
+        "{what}: opened {}; upstream saw {}, at most {} at once, {} abandoned, {} in flight",
+        o.opened, o.started, o.most, o.abandoned, o.in_flight
+    );
+    assert_eq!(
+        o.opened, 1000,
+        "{what}: the client could not open its streams"
+    );
+    assert!(
+        o.started >= 900,
+        "{what}: only {} of the requests reached the upstream; the attack was not tried",
+        o.started
+    );
+    assert_eq!(
+        (o.abandoned, o.in_flight),
+        (o.started, 0),
+        "{what}: requests of reset streams kept open upstream"
+    );
+    assert!(
+        o.most <= 200,
+        "{what}: {} upstream requests in flight at once from one connection with at most 100 streams open",
+        o.most
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_of_streams_reset_after_acceptance_are_let_go_upstream() {
+    let (port, seen) = held_upstream().await;
+    let gw = with_held_route(port);
+    let outcome = reset_in_batches(&gw, &seen, "/held/", None).await;
+    assert_let_go("GET", &outcome);
+    // The client's doing, not the gateway's error.
+    let logs = gw.logs();
+    let errors: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("ERROR") && !l.contains("handshake"))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "logged as errors:\n{}",
+        errors.join("\n")
+    );
+    eprintln!(
+        "{} log lines; one: {:?}",
+        logs.lines().count(),
+        logs.lines().find(|l| l.contains("HTTP/2 stream"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_of_streams_reset_after_acceptance_are_let_go_upstream() {
+    let (port, seen) = held_upstream().await;
+    let gw = with_held_route(port);
+    let outcome = reset_in_batches(&gw, &seen, "/held/", Some(b"0123456789")).await;
+    assert_let_go("POST", &outcome);
+}
+
+// ----- raw HTTP/2 frames, for what a well-behaved client library will not send -------------
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+/// One frame (RFC 9113 §4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frame size");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The HPACK block of `GET https://acme.localhost{path}` (RFC 7541: static-table entries and
+/// literals without indexing or Huffman coding).
+fn get_block(path: &str) -> Vec<u8> {
+    let mut out = vec![0x82, 0x87]; // :method GET, :scheme https
+    for (index, value) in [(0x04u8, path), (0x01, ACME)] {
+        // :path, :authority: a literal value for an indexed name.
+        out.push(index);
+        out.push(u8::try_from(value.len()).expect("short value"));
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// The frames read so far from `buf`: (type, flags, stream, payload).
+fn frames(buf: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() >= at + 9 {
+        let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+        if buf.len() < at + 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]);
+        out.push((
+            buf[at + 3],
+            buf[at + 4],
+            stream & 0x7fff_ffff,
+            buf[at + 9..at + 9 + len].to_vec(),
+        ));
+        at += 9 + len;
+    }
+    out
+}
+
+/// The error code of the first GOAWAY in `buf`, if one came.
+fn goaway(buf: &[u8]) -> Option<u32> {
+    frames(buf)
+        .into_iter()
+        .find(|f| f.0 == GOAWAY)
+        .and_then(|f| Some(u32::from_be_bytes(f.3.get(4..8)?.try_into().ok()?)))
+}
+
+/// A raw HTTP/2 connection past the preface and the exchange of settings.
+async fn raw_h2(gw: &Gateway) -> RawConn {
+    let mut conn = RawConn::connect(gw.https_port(), &gw.site.ca_path(), ACME, &[b"h2"])
+        .await
+        .expect("connect");
+    assert_eq!(conn.alpn().as_deref(), Some(&b"h2"[..]));
+    conn.send(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
+        .await;
+    let got = conn
+        .read_until(Duration::from_secs(5), |b| {
+            frames(b).iter().any(|f| f.0 == SETTINGS && f.1 & ACK == 0)
+        })
+        .await;
+    assert!(got, "no SETTINGS from the gateway");
+    conn.send(&frame(SETTINGS, ACK, 0, &[])).await;
+    conn
+}
+
+/// "MadeYouReset" (CVE-2025-8671): the client makes the gateway reset each stream itself, once
+/// the request is under way, by a WINDOW_UPDATE that overflows the stream's flow-control window
+/// past 2^31-1 (a stream error, FLOW_CONTROL_ERROR: RFC 9113 §6.9.1). The reset frees the
+/// client's slot as a reset of its own would; the request upstream must go too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_gateway_resets_for_a_protocol_error_are_let_go_upstream() {
+    let (port, seen) = held_upstream().await;
+    let gw = with_held_route(port);
+    let mut conn = raw_h2(&gw).await;
+    let mut opened = 0;
+    let mut next_id = 1u32;
+    for batch in 0..10 {
+        let ids: Vec<u32> = (0..100).map(|i| next_id + 2 * i).collect();
+        next_id += 200;
+        let mut out = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let block = get_block(&format!("/held/{batch}/{i}"));
+            out.extend(frame(HEADERS, END_STREAM | END_HEADERS, *id, &block));
+        }
+        conn.send(&out).await;
+        opened += ids.len();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let overflow: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| frame(WINDOW_UPDATE, 0, *id, &0x7fff_ffffu32.to_be_bytes()))
+            .collect();
+        conn.send(&overflow).await;
+        // The gateway's resets, before the next batch opens.
+        let want = (batch + 1) * 100;
+        conn.read_until(Duration::from_secs(5), |b| {
+            frames(b).iter().filter(|f| f.0 == RST_STREAM).count() >= want
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resets = frames(&conn.buf)
+        .iter()
+        .filter(|f| f.0 == RST_STREAM)
+        .count();
+    assert_eq!(
+        resets, 1000,
+        "the gateway did not reset every stream whose window overflowed"
+    );
+    let outcome = Outcome {
+        opened,
+        started: seen.started.load(Ordering::SeqCst),
+        most: seen.most.load(Ordering::SeqCst),
+        abandoned: seen.abandoned.load(Ordering::SeqCst),
+        in_flight: seen.in_flight.load(Ordering::SeqCst),
+    };
+    assert_let_go("GET reset by the gateway", &outcome);
+}
+
+/// A header block that never ends (HEADERS, then CONTINUATION frames without END_HEADERS, the
+/// "CONTINUATION flood"): the gateway ends the connection after a bounded amount instead of
+/// buffering headers for as long as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_that_never_ends_ends_the_connection() {
+    let gw = with_held_route(free_port());
+    let conn = raw_h2(&gw).await;
+    let (mut read_half, mut write_half) = tokio::io::split(conn.into_stream());
+    // 16 MiB of header fields `x: <100 bytes>`, in 16 KiB CONTINUATION frames.
+    let field: Vec<u8> = [&[0x00, 0x01, b'x', 100][..], &[b'v'; 100][..]].concat();
+    let block: Vec<u8> = field.iter().copied().cycle().take(16 * 1024).collect();
+    let writer = tokio::spawn(async move {
+        let _ = write_half
+            .write_all(&frame(HEADERS, END_STREAM, 1, &get_block("/echo")))
+            .await;
+        for _ in 0..1024 {
+            if write_half
+                .write_all(&frame(CONTINUATION, 0, 1, &block))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match read_half.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if goaway(&buf).is_some() {
+                return;
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    assert!(
+        ended.is_ok(),
+        "the gateway kept reading an endless header block"
+    );
+    assert!(
+        goaway(&buf).is_some_and(|code| code != 0),
+        "the connection ended without a GOAWAY naming an error"
+    );
+    assert!(
+        !frames(&buf).iter().any(|f| f.0 == HEADERS),
+        "the endless request was answered"
+    );
+    // Other clients are served as usual.
+    let mut fresh = gw.h2_connect().await.ready().await.expect("new connection");
+    let req = http::Request::get(format!("https://{ACME}/echo"))
+        .body(())
+        .expect("request");
+    let (resp, _) = fresh.send_request(req, true).expect("send");
+    assert_eq!(resp.await.expect("response").status(), 200);
+}
