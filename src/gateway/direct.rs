@@ -303,7 +303,7 @@ async fn exchange(
         let ask = async {
             let mut stream = match reused.take() {
                 Some(stream) => stream,
-                None => connect(addr, timeouts).await.map_err(|e| e.into_up())?,
+                None => connect(addr, timeouts).await.map_err(|e| (e, false))?,
             };
             let mut heard = false;
             let head = match fast::send(&mut stream, &request, timeouts.write).await {
@@ -312,12 +312,21 @@ async fn exchange(
                 }
                 Err(e) => Err(e),
             };
-            Ok::<_, Box<Error>>((stream, head.map_err(|e| (e, heard))))
+            match head {
+                Ok(head) => Ok((stream, head)),
+                Err(e) => Err((e, heard)),
+            }
         };
-        let (stream, head) = unless_client_left(session, ask).await??;
+        // Only an HTTP/2 stream can be closed while the connection stays: checked once, so
+        // an HTTP/1 request's answer is not passed through one more layer.
+        let head = if session.as_downstream().is_http2() {
+            unless_client_left(session, ask).await?
+        } else {
+            ask.await
+        };
         let answered = match head {
-            Ok(Head::Simple(simple)) => return Ok(Answer::Simple(stream, simple)),
-            Ok(Head::Other(read)) => {
+            Ok((stream, Head::Simple(simple))) => return Ok(Answer::Simple(stream, simple)),
+            Ok((stream, Head::Other(read))) => {
                 // pingora's client session reads the response from its first byte. It is
                 // handed a request only to know what it answers: the method (HEAD has no
                 // body), and no Connection or Upgrade field, as the request sent had none
