@@ -36,6 +36,17 @@ impl Seen {
         self.most.fetch_max(now, Ordering::SeqCst);
     }
 
+    /// What it saw, after a client opened `opened` streams.
+    fn outcome(&self, opened: usize) -> Outcome {
+        Outcome {
+            opened,
+            started: self.started.load(Ordering::SeqCst),
+            most: self.most.load(Ordering::SeqCst),
+            abandoned: self.abandoned.load(Ordering::SeqCst),
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+        }
+    }
+
     fn end(&self, abandoned: bool) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if abandoned {
@@ -124,6 +135,16 @@ async fn held_upstream() -> (u16, Arc<Seen>) {
     (port, seen)
 }
 
+/// Other clients (a new connection) are served as usual.
+async fn assert_a_new_connection_is_served(gw: &Gateway) {
+    let mut fresh = gw.h2_connect().await.ready().await.expect("new connection");
+    let req = http::Request::get(format!("https://{ACME}/echo"))
+        .body(())
+        .expect("request");
+    let (resp, _) = fresh.send_request(req, true).expect("send");
+    assert_eq!(resp.await.expect("response").status(), 200);
+}
+
 fn content_length(head: &str) -> Option<usize> {
     head.lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -169,12 +190,13 @@ async fn streams_reset_as_fast_as_they_open_pile_nothing_up() {
     }
     // Well before HOLD has passed for the first request.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (started, most, abandoned, in_flight) = (
-        seen.started.load(Ordering::SeqCst),
-        seen.most.load(Ordering::SeqCst),
-        seen.abandoned.load(Ordering::SeqCst),
-        seen.in_flight.load(Ordering::SeqCst),
-    );
+    let Outcome {
+        started,
+        most,
+        abandoned,
+        in_flight,
+        ..
+    } = seen.outcome(opened);
     let ended = send.ready().await.err();
     eprintln!(
         "opened {opened}; upstream saw {started}, at most {most} at once, {abandoned} abandoned; connection ended: {ended:?}"
@@ -192,13 +214,7 @@ async fn streams_reset_as_fast_as_they_open_pile_nothing_up() {
             "ended otherwise: {e}"
         );
     }
-    // A new connection is served as usual.
-    let mut fresh = gw.h2_connect().await.ready().await.expect("new connection");
-    let req = http::Request::get(format!("https://{ACME}/echo"))
-        .body(())
-        .expect("request");
-    let (resp, _) = fresh.send_request(req, true).expect("send");
-    assert_eq!(resp.await.expect("response").status(), 200);
+    assert_a_new_connection_is_served(&gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,13 +281,7 @@ async fn reset_in_batches(
     }
     // Well before HOLD has passed for the last batch, long enough for the gateway to let go.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Outcome {
-        opened,
-        started: seen.started.load(Ordering::SeqCst),
-        most: seen.most.load(Ordering::SeqCst),
-        abandoned: seen.abandoned.load(Ordering::SeqCst),
-        in_flight: seen.in_flight.load(Ordering::SeqCst),
-    }
+    seen.outcome(opened)
 }
 
 /// Every request of a reset stream was given up upstream (its connection closed) long before
@@ -461,14 +471,7 @@ async fn streams_the_gateway_resets_for_a_protocol_error_are_let_go_upstream() {
         resets, 1000,
         "the gateway did not reset every stream whose window overflowed"
     );
-    let outcome = Outcome {
-        opened,
-        started: seen.started.load(Ordering::SeqCst),
-        most: seen.most.load(Ordering::SeqCst),
-        abandoned: seen.abandoned.load(Ordering::SeqCst),
-        in_flight: seen.in_flight.load(Ordering::SeqCst),
-    };
-    assert_let_go("GET reset by the gateway", &outcome);
+    assert_let_go("GET reset by the gateway", &seen.outcome(opened));
 }
 
 /// A header block that never ends (HEADERS, then CONTINUATION frames without END_HEADERS, the
@@ -523,11 +526,5 @@ async fn a_header_block_that_never_ends_ends_the_connection() {
         !frames(&buf).iter().any(|f| f.0 == HEADERS),
         "the endless request was answered"
     );
-    // Other clients are served as usual.
-    let mut fresh = gw.h2_connect().await.ready().await.expect("new connection");
-    let req = http::Request::get(format!("https://{ACME}/echo"))
-        .body(())
-        .expect("request");
-    let (resp, _) = fresh.send_request(req, true).expect("send");
-    assert_eq!(resp.await.expect("response").status(), 200);
+    assert_a_new_connection_is_served(&gw).await;
 }
