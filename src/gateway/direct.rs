@@ -364,8 +364,8 @@ async fn exchange(
 /// `work`'s output, unless the client goes away first: an HTTP/2 stream the client resets (or
 /// the gateway resets for the client's protocol error) or whose connection closes ends the
 /// request as the client's doing, and `work`, with the upstream connection it holds, is
-/// dropped. Every wait on the upstream goes through here. An HTTP/1 client's closing is
-/// noticed at the next write.
+/// dropped. Every wait of an HTTP/2 request on the upstream goes through here. An HTTP/1
+/// client's closing is noticed at the next write.
 async fn unless_client_left<T>(
     session: &mut Session,
     work: impl Future<Output = T>,
