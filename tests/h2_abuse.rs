@@ -538,3 +538,64 @@ async fn a_header_block_that_never_ends_ends_the_connection() {
     );
     assert_a_new_connection_is_served(&gw).await;
 }
+
+/// The limits the README promises, as the gateway advertises them (SETTINGS, RFC 9113 §6.5.2)
+/// and enforces them: a 101st stream opened while 100 are under way is refused
+/// (REFUSED_STREAM) and never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gets_at_most_100_streams_at_once() {
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+    const REFUSED_STREAM: u32 = 0x7;
+    let (port, seen) = held_upstream().await;
+    let gw = with_held_route(port);
+    let mut conn = raw_h2(&gw).await;
+    let settings: Vec<(u16, u32)> = frames(&conn.buf)
+        .into_iter()
+        .find(|f| f.0 == SETTINGS && f.1 & ACK == 0)
+        .map(|f| {
+            f.3.chunks_exact(6)
+                .map(|c| {
+                    (
+                        u16::from_be_bytes([c[0], c[1]]),
+                        u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                    )
+                })
+                .collect()
+        })
+        .expect("settings");
+    let setting = |id| settings.iter().find(|s| s.0 == id).map(|s| s.1);
+    assert_eq!(setting(MAX_CONCURRENT_STREAMS), Some(100), "{settings:?}");
+    assert_eq!(
+        setting(MAX_HEADER_LIST_SIZE),
+        Some(64 * 1024),
+        "{settings:?}"
+    );
+
+    let streams: Vec<Vec<u8>> = (0..101u32)
+        .map(|i| {
+            let block = get_block(&format!("/held/{i}"));
+            frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, &block)
+        })
+        .collect();
+    conn.send(&streams.concat()).await;
+    let refused = conn
+        .read_until(Duration::from_secs(5), |b| {
+            frames(b).iter().any(|f| f.0 == RST_STREAM)
+        })
+        .await;
+    assert!(refused, "no stream was refused");
+    seen.wait_started(100).await;
+    let resets: Vec<(u32, u32)> = frames(&conn.buf)
+        .into_iter()
+        .filter(|f| f.0 == RST_STREAM)
+        .map(|f| (f.2, u32::from_be_bytes(f.3[..4].try_into().expect("code"))))
+        .collect();
+    assert_eq!(
+        resets,
+        vec![(201, REFUSED_STREAM)],
+        "the 101st stream, and only it"
+    );
+    let o = seen.outcome(101);
+    assert_eq!((o.started, o.most), (100, 100), "what reached the upstream");
+}
