@@ -3,12 +3,15 @@
 //! limit it advertises, nor keep working for streams nobody waits for.
 
 mod common;
+#[path = "common/h2frames.rs"]
+mod h2frames;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use h2frames::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ACME: &str = "acme.localhost";
@@ -353,89 +356,6 @@ async fn posts_of_streams_reset_after_acceptance_are_let_go_upstream() {
     let gw = with_held_route(port);
     let outcome = reset_in_batches(&gw, &seen, "/held/", Some(b"0123456789")).await;
     assert_let_go("POST", &outcome);
-}
-
-// ----- raw HTTP/2 frames, for what a well-behaved client library will not send -------------
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
-
-/// One frame (RFC 9113 §4.1).
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("frame size");
-    let mut out = len.to_be_bytes()[1..].to_vec();
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// The HPACK block of `GET https://acme.localhost{path}` (RFC 7541: static-table entries and
-/// literals without indexing or Huffman coding).
-fn get_block(path: &str) -> Vec<u8> {
-    let mut out = vec![0x82, 0x87]; // :method GET, :scheme https
-    for (index, value) in [(0x04u8, path), (0x01, ACME)] {
-        // :path, :authority: a literal value for an indexed name.
-        out.push(index);
-        out.push(u8::try_from(value.len()).expect("short value"));
-        out.extend_from_slice(value.as_bytes());
-    }
-    out
-}
-
-/// The frames read so far from `buf`: (type, flags, stream, payload).
-fn frames(buf: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while buf.len() >= at + 9 {
-        let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
-        if buf.len() < at + 9 + len {
-            break;
-        }
-        let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]);
-        out.push((
-            buf[at + 3],
-            buf[at + 4],
-            stream & 0x7fff_ffff,
-            buf[at + 9..at + 9 + len].to_vec(),
-        ));
-        at += 9 + len;
-    }
-    out
-}
-
-/// The error code of the first GOAWAY in `buf`, if one came.
-fn goaway(buf: &[u8]) -> Option<u32> {
-    frames(buf)
-        .into_iter()
-        .find(|f| f.0 == GOAWAY)
-        .and_then(|f| Some(u32::from_be_bytes(f.3.get(4..8)?.try_into().ok()?)))
-}
-
-/// A raw HTTP/2 connection past the preface and the exchange of settings.
-async fn raw_h2(gw: &Gateway) -> RawConn {
-    let mut conn = RawConn::connect(gw.https_port(), &gw.site.ca_path(), ACME, &[b"h2"])
-        .await
-        .expect("connect");
-    assert_eq!(conn.alpn().as_deref(), Some(&b"h2"[..]));
-    conn.send(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
-        .await;
-    let got = conn
-        .read_until(Duration::from_secs(5), |b| {
-            frames(b).iter().any(|f| f.0 == SETTINGS && f.1 & ACK == 0)
-        })
-        .await;
-    assert!(got, "no SETTINGS from the gateway");
-    conn.send(&frame(SETTINGS, ACK, 0, &[])).await;
-    conn
 }
 
 /// "MadeYouReset" (CVE-2025-8671): the client makes the gateway reset each stream itself, once
