@@ -519,3 +519,65 @@ async fn a_connection_gets_at_most_100_streams_at_once() {
     let o = seen.outcome(101);
     assert_eq!((o.started, o.most), (100, 100), "what reached the upstream");
 }
+
+/// The gateway's resident memory, in KiB.
+fn rss_kib(gw: &Gateway) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", gw.pid()))
+        .expect("proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Control frames the gateway must answer, sent in bulk by a client that never reads the
+/// answers (PING flood, CVE-2019-9512; SETTINGS flood, CVE-2019-9515): the answers must not
+/// pile up in the gateway. 64 MiB worth of each is offered; the gateway may stop reading or
+/// end the connection, but its memory grows by far less than that, and it serves others. (It
+/// stops reading after about 8 MiB, most of it in the sockets' buffers, and grows by 2–4 MiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_frames_sent_without_reading_the_answers_pile_nothing_up() {
+    const PING: u8 = 0x6;
+    let gw = with_held_route(free_port());
+    // Warm: the first HTTP/2 connection's allocations are not the flood's.
+    assert_a_new_connection_is_served(&gw).await;
+    for (case, unit) in [
+        ("PING", frame(PING, 0, 0, &[7; 8])),
+        ("SETTINGS", frame(SETTINGS, 0, 0, &[0, 0x4, 0, 1, 0, 0])),
+    ] {
+        let before = rss_kib(&gw);
+        let conn = raw_h2(&gw).await;
+        let (_read_half, mut write_half) = tokio::io::split(conn.into_stream());
+        let batch: Vec<u8> = unit
+            .iter()
+            .copied()
+            .cycle()
+            .take(unit.len() * 4096)
+            .collect();
+        let offered = 64 * 1024 * 1024 / batch.len();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let sent2 = Arc::clone(&sent);
+        let writer = tokio::spawn(async move {
+            for _ in 0..offered {
+                if write_half.write_all(&batch).await.is_err() {
+                    break;
+                }
+                sent2.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        // The writer ends when the gateway closes, or stalls when it stops reading.
+        let ended = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .is_ok();
+        let grew = rss_kib(&gw).saturating_sub(before);
+        eprintln!(
+            "{case}: {} of {offered} batches written, writer ended: {ended}; RSS grew {grew} KiB",
+            sent.load(Ordering::SeqCst)
+        );
+        assert!(
+            grew < 16 * 1024,
+            "{case}: the gateway's memory grew by {grew} KiB"
+        );
+        assert_a_new_connection_is_served(&gw).await;
+    }
+}
