@@ -230,14 +230,6 @@ async fn streams_reset_as_fast_as_they_open_pile_nothing_up() {
     assert_a_new_connection_is_served(&gw).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gets_reset_while_their_body_is_awaited_are_let_go_upstream() {
-    let (port, seen) = held_upstream().await;
-    let gw = with_held_route(port);
-    let outcome = reset_in_batches(&gw, &seen, "/held/late-body/", None).await;
-    assert_let_go("GET, body awaited", &outcome);
-}
-
 /// What a batched reset attack left upstream.
 struct Outcome {
     opened: usize,
@@ -348,6 +340,14 @@ async fn gets_of_streams_reset_after_acceptance_are_let_go_upstream() {
         logs.lines().count(),
         logs.lines().find(|l| l.contains("HTTP/2 stream"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_reset_while_their_body_is_awaited_are_let_go_upstream() {
+    let (port, seen) = held_upstream().await;
+    let gw = with_held_route(port);
+    let outcome = reset_in_batches(&gw, &seen, "/held/late-body/", None).await;
+    assert_let_go("GET, body awaited", &outcome);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
