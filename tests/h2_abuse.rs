@@ -324,6 +324,21 @@ async fn gets_of_streams_reset_after_acceptance_are_let_go_upstream() {
     let gw = with_held_route(port);
     let outcome = reset_in_batches(&gw, &seen, "/held/", None).await;
     assert_let_go("GET", &outcome);
+    // Counted as requests that ended without an answer, which is where an operator sees it.
+    let unanswered: f64 = gw
+        .metrics()
+        .iter()
+        .filter(|s| {
+            s.name == "portcullis_requests_total"
+                && s.label("route") == Some("held")
+                && s.label("status") == Some("other")
+        })
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        unanswered, 1000.0,
+        "requests of reset streams in the metrics"
+    );
     // The client's doing, not the gateway's error.
     let logs = gw.logs();
     let errors: Vec<&str> = logs
