@@ -318,12 +318,19 @@ fn assert_let_go(what: &str, o: &Outcome) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gets_of_streams_reset_after_acceptance_are_let_go_upstream() {
+/// [`reset_in_batches`] against a gateway in front of a held upstream, and
+/// [`assert_let_go`] on what it left; the gateway, for more checks.
+async fn batched_reset_attack(what: &str, prefix: &str, body: Option<&'static [u8]>) -> Gateway {
     let (port, seen) = held_upstream().await;
     let gw = with_held_route(port);
-    let outcome = reset_in_batches(&gw, &seen, "/held/", None).await;
-    assert_let_go("GET", &outcome);
+    let outcome = reset_in_batches(&gw, &seen, prefix, body).await;
+    assert_let_go(what, &outcome);
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_of_streams_reset_after_acceptance_are_let_go_upstream() {
+    let gw = batched_reset_attack("GET", "/held/", None).await;
     // Counted as requests that ended without an answer, which is where an operator sees it.
     let unanswered: f64 = gw
         .metrics()
@@ -359,18 +366,12 @@ async fn gets_of_streams_reset_after_acceptance_are_let_go_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gets_reset_while_their_body_is_awaited_are_let_go_upstream() {
-    let (port, seen) = held_upstream().await;
-    let gw = with_held_route(port);
-    let outcome = reset_in_batches(&gw, &seen, "/held/late-body/", None).await;
-    assert_let_go("GET, body awaited", &outcome);
+    batched_reset_attack("GET, body awaited", "/held/late-body/", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_of_streams_reset_after_acceptance_are_let_go_upstream() {
-    let (port, seen) = held_upstream().await;
-    let gw = with_held_route(port);
-    let outcome = reset_in_batches(&gw, &seen, "/held/", Some(b"0123456789")).await;
-    assert_let_go("POST", &outcome);
+    batched_reset_attack("POST", "/held/", Some(b"0123456789")).await;
 }
 
 /// "MadeYouReset" (CVE-2025-8671): the client makes the gateway reset each stream itself, once
