@@ -311,11 +311,13 @@ verdict() {
     awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = op == ">=" ? v >= t : v <= t; print (ok ? "met" : "NOT met") }'
 }
 
-# target_note A B — issue 3's targets for A against B, from the same medians as the table: rps
+# target_note A B LABEL — issue 3's targets for A against B, from the same medians as the table: rps
 # at least 1.0x B's, p99 at most 1.2x B's. Also how many rounds alone reached the rps target,
 # since on a shared VM one run's median can fall either side of a small margin.
 target_note() {
     local rps p99 a b i met=0
+    # No ratio without both rows (a target that failed to run has been reported already).
+    if [ -z "${T_RPS[$1]:-}" ] || [ -z "${T_RPS[$2]:-}" ]; then return 0; fi
     # Unrounded, so that a ratio printed as 1.00× but below 1 is not called met.
     rps=$(awk -v x="$(median "${T_RPS[$1]}")" -v y="$(median "${T_RPS[$2]}")" 'BEGIN { printf "%.6f", x / y }')
     p99=$(awk -v x="$(median "${T_P99[$1]}")" -v y="$(median "${T_P99[$2]}")" 'BEGIN { printf "%.6f", x / y }')
@@ -324,7 +326,7 @@ target_note() {
     for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do
         awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { exit !(x >= y) }' && met=$((met + 1))
     done
-    NOTES+=("target (signed-in vs nginx plain): rps $(printf '%.3f' "$rps")× (at least 1.00×: $(verdict "$rps" ">=" 1)), p99 $(printf '%.3f' "$p99")× (at most 1.20×: $(verdict "$p99" "<=" 1.2)); rps at least nginx's in $met of ${#a[@]} rounds")
+    NOTES+=("target ($3): rps $(printf '%.3f' "$rps")× (at least 1.00×: $(verdict "$rps" ">=" 1)), p99 $(printf '%.3f' "$p99")× (at most 1.20×: $(verdict "$p99" "<=" 1.2)); rps at least nginx's in $met of ${#a[@]} rounds")
 }
 
 print_report() {
@@ -556,7 +558,7 @@ main() {
     emit_row nginx_same_bytes "nginx, /app/ carrying the same bytes (reference: cookie dropped, fixed identity headers of the same sizes)"
     ratio_note gateway nginx "portcullis / nginx rps"
     ratio_note signed_in nginx "signed-in portcullis / nginx rps"
-    target_note signed_in nginx
+    target_note signed_in nginx "signed-in vs nginx plain"
     # The gateway's CPU here includes the flood's password hashing.
     bench_under_flood "portcullis, signed in /app/, during a wrong-password flood" "https://$HOST:$GW_PORT/app/" -H "Cookie: $SESSION_COOKIE"
     CPU_OF=$GW_PID bench_login
