@@ -58,10 +58,12 @@ check:
 	done
 	$(CARGO) run -q -- check --config demo/portcullis.toml
 
+# The gateway under test is the profile-guided build (scripts/pgo-build.sh, trained on the
+# benchmark's own traffic); the echo backend and the other commands are the ordinary release build.
 bench:
 	CARGO='$(CARGO)' bash $(DEPS) --bench
 	$(CARGO) build --release
-	bash bench/run.sh
+	gw=$$(CARGO='$(CARGO)' bash scripts/pgo-build.sh) && PORTCULLIS_GATEWAY_BIN="$$gw" bash bench/run.sh
 
 clean:
 	$(CARGO) clean

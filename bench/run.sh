@@ -31,6 +31,9 @@
 #
 # Settings (environment): DURATION=5s ROUNDS=5 WARMUP=2s (0 = none) THREADS=2 CONNECTIONS=64 WORKERS=2
 #   READY_TIMEOUT=30 (seconds) PORTCULLIS_BIN=<path> (default target/release/portcullis)
+#   PORTCULLIS_GATEWAY_BIN=<path> (the build that runs `serve`; default PORTCULLIS_BIN; `make
+#   bench` gives its profile-guided build, scripts/pgo-build.sh, while the echo backend and the
+#   other commands stay on PORTCULLIS_BIN)
 #   KEEP_TMP=1 keeps the temp dir (configs, logs, raw wrk output).
 #
 # Adding a scenario: a `measure KEY URL [extra wrk args...]` line in main()'s rounds and an
@@ -43,6 +46,7 @@ BENCH_DIR="$ROOT/bench"
 target_dir=${CARGO_TARGET_DIR:-target}
 case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
 BIN=${PORTCULLIS_BIN:-$target_dir/release/portcullis}
+GW_BIN=${PORTCULLIS_GATEWAY_BIN:-$BIN}
 
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-5}
@@ -334,7 +338,7 @@ print_report() {
     cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
     echo
     echo "Machine: $(nproc) CPUs${cpu:+ ($cpu)}, $(uname -sr)"
-    echo "Tools: $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk", $2}'), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), portcullis at $BIN"
+    echo "Tools: $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk", $2}'), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), portcullis at $BIN${GW_BIN:+, gateway at $GW_BIN}"
     echo "Method: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, HTTP/1.1 keep-alive; the first five rows are $ROUNDS interleaved"
     echo "        rounds (every target once per round, ${WARMUP} warm-up in the first), each figure the median of its rounds;"
     echo "        TLS 1.3 with the same certificate; $WORKERS gateway threads / $WORKERS nginx workers; loopback only."
@@ -363,6 +367,7 @@ preflight() {
     [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
     [ -n "$NGINX" ] || die "nginx not found; run \`make bench\` or scripts/install-deps.sh --bench"
     [ -x "$BIN" ] || die "$BIN not found; build it with \`cargo build --release\` (or \`make bench\`), or set PORTCULLIS_BIN"
+    [ -x "$GW_BIN" ] || die "$GW_BIN (PORTCULLIS_GATEWAY_BIN) not found"
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
     read -r ECHO_PORT GW_PORT ADMIN_PORT NGINX_PORT <<<"$(free_ports 4)"
 }
@@ -489,7 +494,7 @@ start_gateway() {
         die "portcullis check rejected the generated benchmark config"
     }
     # Log warnings only, like nginx's error_log above.
-    start_bg gateway env PORTCULLIS_LOG="${PORTCULLIS_LOG:-warn}" "$BIN" serve --config "$TMP/gateway/portcullis.toml"
+    start_bg gateway env PORTCULLIS_LOG="${PORTCULLIS_LOG:-warn}" "$GW_BIN" serve --config "$TMP/gateway/portcullis.toml"
     GW_PID=$LAST_PID
     wait_ready gateway "$LAST_PID" "https://$HOST:$GW_PORT/"
 }

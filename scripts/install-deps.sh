@@ -78,6 +78,12 @@ if [ "$bench" = 1 ]; then
     # nginx-light is the smallest nginx with the ssl and upstream keepalive modules; Debian
     # releases without it get the plain nginx package (resolved below).
     wanted+=(nginx-light:cmd=nginx wrk:cmd=wrk)
+    # llvm-profdata of rustc's own LLVM major version, for the profile-guided build
+    # (scripts/pgo-build.sh): profiles are read only by the same major version.
+    llvm_major=$(rustc -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+    if [ -n "$llvm_major" ]; then
+        wanted+=("llvm-$llvm_major:cmd=llvm-profdata-$llvm_major")
+    fi
 fi
 
 have_cmd() {
