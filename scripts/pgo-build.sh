@@ -33,7 +33,7 @@ release="$target_dir/release/portcullis"
 [ -x "$release" ] || die "$release not found; run cargo build --release first"
 
 data="$target_dir/pgo-data"
-rm -rf "$data"
+rm -f "$data"/gateway-*.profraw "$data"/*.profdata
 mkdir -p "$data"
 
 echo "pgo-build: instrumented build" >&2
@@ -41,16 +41,22 @@ RUSTFLAGS="-Cprofile-generate=$data" CARGO_TARGET_DIR="$target_dir/pgo-gen" \
     "$CARGO" build --release >&2
 
 echo "pgo-build: training on the benchmark's traffic" >&2
-PORTCULLIS_BIN="$release" PORTCULLIS_GATEWAY_BIN="$target_dir/pgo-gen/release/portcullis" \
+# The instrumented build scripts and proc-macros that ran during the build wrote their own
+# counts into $data; only the gateway's, named here, are used.
+LLVM_PROFILE_FILE="$data/gateway-%p.profraw" \
+    PORTCULLIS_BIN="$release" PORTCULLIS_GATEWAY_BIN="$target_dir/pgo-gen/release/portcullis" \
     ROUNDS=1 DURATION=3s WARMUP=0 bash "$ROOT/bench/run.sh" >"$data/training.log" 2>&1 ||
     die "training run failed (log: $data/training.log)"
 shopt -s nullglob
-raw=("$data"/*.profraw)
+raw=("$data"/gateway-*.profraw)
 [ "${#raw[@]}" -gt 0 ] || die "the instrumented gateway wrote no profile"
 "$profdata" merge -o "$data/merged.profdata" "${raw[@]}"
+# Named by content: cargo rebuilds on a change of RUSTFLAGS, not of the file they name.
+profile="$data/gateway-$(sha256sum "$data/merged.profdata" | cut -c1-16).profdata"
+mv "$data/merged.profdata" "$profile"
 
 echo "pgo-build: optimised build" >&2
 # Functions the training never ran have no counts; that is expected, not worth a warning each.
-RUSTFLAGS="-Cprofile-use=$data/merged.profdata -Cllvm-args=-pgo-warn-missing-function=false" \
+RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-pgo-warn-missing-function=false" \
     CARGO_TARGET_DIR="$target_dir/pgo-use" "$CARGO" build --release >&2
 echo "$target_dir/pgo-use/release/portcullis"
