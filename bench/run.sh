@@ -337,8 +337,10 @@ print_report() {
     local cpu
     cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
     echo
+    local gateway_note=""
+    [ "$GW_BIN" = "$BIN" ] || gateway_note=", gateway at $GW_BIN"
     echo "Machine: $(nproc) CPUs${cpu:+ ($cpu)}, $(uname -sr)"
-    echo "Tools: $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk", $2}'), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), portcullis at $BIN${GW_BIN:+, gateway at $GW_BIN}"
+    echo "Tools: $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk", $2}'), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), portcullis at $BIN$gateway_note"
     echo "Method: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, HTTP/1.1 keep-alive; the first five rows are $ROUNDS interleaved"
     echo "        rounds (every target once per round, ${WARMUP} warm-up in the first), each figure the median of its rounds;"
     echo "        TLS 1.3 with the same certificate; $WORKERS gateway threads / $WORKERS nginx workers; loopback only."

@@ -33,7 +33,9 @@ release="$target_dir/release/portcullis"
 [ -x "$release" ] || die "$release not found; run cargo build --release first"
 
 data="$target_dir/pgo-data"
-rm -f "$data"/gateway-*.profraw "$data"/*.profdata
+# Counts of earlier runs (the gateway's, and those the instrumented build scripts and
+# proc-macros wrote while building, which are never used) go first.
+rm -f "$data"/*.profraw "$data"/*.profdata
 mkdir -p "$data"
 
 echo "pgo-build: instrumented build" >&2
