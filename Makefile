@@ -15,7 +15,7 @@ help:
 	@echo 'make demo    install missing packages, then run the demo (portcullis demo)'
 	@echo 'make test    install missing packages and the SAML IdP venv, then fmt check, clippy, all tests, policy check'
 	@echo 'make build   cargo build (debug)'
-	@echo 'make bench   install nginx + wrk, release build, gateway vs backend vs nginx (bench/run.sh)'
+	@echo 'make bench   install nginx + wrk + llvm, release and profile-guided builds, gateway vs backend vs nginx (bench/run.sh)'
 	@echo 'make deps | saml-idp-env | fmt | clippy | check | clean'
 
 deps:
@@ -36,6 +36,8 @@ demo: deps
 # validation of every shipped policy through the CLI (`check` below).
 test: saml-idp-env
 	CARGO='$(CARGO)' bash $(DEPS) --lint
+	@# No test runs the bench and build scripts (make bench does); their syntax is checked here.
+	for f in scripts/*.sh bench/run.sh; do bash -n "$$f"; done
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --no-fail-fast
