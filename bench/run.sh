@@ -25,11 +25,13 @@
 #
 # Rounds: targets (a)-(d) and (f) run in ROUNDS interleaved rounds (each round runs each of them
 # once, one after another, each round starting one target later, so with 5 rounds each target
-# runs once in every position), and each figure is the median of its rounds. This VM's speed
-# drifts by a quarter within a minute; one run per target compared whichever target ran through
-# a slow spell. The notes give every round's ratio.
+# runs once in every position, twice with the default 10), and each figure is the median of its
+# rounds. This VM's speed drifts by a quarter within a minute; one run per target compared
+# whichever target ran through a slow spell. The notes give every round's ratio, and the target
+# line gives a 90% bootstrap interval for its rps ratio: with single rounds ranging 0.80-1.25x,
+# the median of 5 rounds still moved by about 6%, more than the margins being judged.
 #
-# Settings (environment): DURATION=5s ROUNDS=5 WARMUP=2s (0 = none) THREADS=2 CONNECTIONS=64 WORKERS=2
+# Settings (environment): DURATION=5s ROUNDS=10 WARMUP=2s (0 = none) THREADS=2 CONNECTIONS=64 WORKERS=2
 #   READY_TIMEOUT=30 (seconds) PORTCULLIS_BIN=<path> (default target/release/portcullis)
 #   PORTCULLIS_GATEWAY_BIN=<path> (the build that runs `serve`; default PORTCULLIS_BIN; `make
 #   bench` gives its profile-guided build, scripts/pgo-build.sh, while the echo backend and the
@@ -49,7 +51,7 @@ BIN=${PORTCULLIS_BIN:-$target_dir/release/portcullis}
 GW_BIN=${PORTCULLIS_GATEWAY_BIN:-$BIN}
 
 DURATION=${DURATION:-5s}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-10}
 WARMUP=${WARMUP:-2s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -331,6 +333,36 @@ target_note() {
         awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { exit !(x >= y) }' && met=$((met + 1))
     done
     NOTES+=("target ($3): rps $(printf '%.3f' "$rps")× (at least 1.00×: $(verdict "$rps" ">=" 1)), p99 $(printf '%.3f' "$p99")× (at most 1.20×: $(verdict "$p99" "<=" 1.2)); rps at least nginx's in $met of ${#a[@]} rounds")
+    NOTES+=("$(ratio_interval "${T_RPS[$1]}" "${T_RPS[$2]}")")
+}
+
+# ratio_interval "A rps per round" "B rps per round" — a 90% bootstrap interval for the ratio of
+# the medians: rounds are drawn with replacement (A and B of a round together, as they ran
+# moments apart), 4000 times, with a fixed seed so the same rounds give the same interval. It
+# says whether the verdict above is beyond this machine's noise or within it.
+ratio_interval() {
+    python3 - "$1" "$2" <<'PY'
+import random, statistics, sys
+a = [float(x) for x in sys.argv[1].split()]
+b = [float(x) for x in sys.argv[2].split()]
+n = min(len(a), len(b))
+if n < 3:
+    print("rps ratio interval: needs at least 3 rounds")
+    sys.exit(0)
+def low_median(v):
+    v = sorted(v)
+    return v[(len(v) + 1) // 2 - 1]
+rng = random.Random(20261206)
+ratios = []
+for _ in range(4000):
+    pick = [rng.randrange(n) for _ in range(n)]
+    ratios.append(low_median([a[i] for i in pick]) / low_median([b[i] for i in pick]))
+ratios.sort()
+lo, hi = ratios[int(0.05 * len(ratios))], ratios[int(0.95 * len(ratios)) - 1]
+where = "above 1.00x: beyond this run's noise" if lo >= 1 else (
+    "below 1.00x: beyond this run's noise" if hi < 1 else "it spans 1.00x: within this run's noise")
+print(f"rps ratio, 90% bootstrap interval over the {n} rounds: {lo:.3f}x to {hi:.3f}x ({where})")
+PY
 }
 
 print_report() {
@@ -574,4 +606,34 @@ main() {
     print_report
 }
 
-main "$@"
+# --self-test: check the statistics helpers on fixed inputs (`make test` runs it; no servers).
+self_test() {
+    local got fails=0
+    check() {
+        if [ "$2" != "$3" ]; then
+            echo "bench self-test: $1: expected '$3', got '$2'" >&2
+            fails=$((fails + 1))
+        fi
+    }
+    check "median, odd count" "$(median "5 1 4 2 3")" 3
+    check "median, even count (lower middle)" "$(median "40 10 30 20")" 20
+    check "verdict at the line" "$(verdict 1.000000 ">=" 1)" met
+    check "verdict below the line" "$(verdict 0.999999 ">=" 1)" "NOT met"
+    check "verdict p99" "$(verdict 1.21 "<=" 1.2)" "NOT met"
+    got=$(ratio_interval "110 115 118 120 111" "100 100 100 100 100")
+    check "interval, clearly above" "$got" \
+        "rps ratio, 90% bootstrap interval over the 5 rounds: 1.100x to 1.200x (above 1.00x: beyond this run's noise)"
+    got=$(ratio_interval "90 85 88 92 80" "100 100 100 100 100")
+    check "interval, clearly below" "${got##*(}" "below 1.00x: beyond this run's noise)"
+    got=$(ratio_interval "110 105 98 120 101 99 125 113 90 80" "100 100 100 100 100 100 100 100 100 100")
+    check "interval, noisy" "${got##*(}" "it spans 1.00x: within this run's noise)"
+    check "interval, too few rounds" "$(ratio_interval "1 2" "1 2")" "rps ratio interval: needs at least 3 rounds"
+    [ "$fails" -eq 0 ] || die "bench self-test: $fails check(s) failed"
+    echo "bench self-test: ok"
+}
+
+if [ "${1:-}" = "--self-test" ]; then
+    self_test
+else
+    main "$@"
+fi
