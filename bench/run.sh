@@ -28,7 +28,7 @@
 # runs once in every position, twice with the default 10), and each figure is the median of its
 # rounds. This VM's speed drifts by a quarter within a minute; one run per target compared
 # whichever target ran through a slow spell. The notes give every round's ratio, and the target
-# line gives a 90% bootstrap interval for its rps ratio: with single rounds ranging 0.80-1.25x,
+# line gives a 90% bootstrap interval for its rps ratio: with single rounds ranging 0.76-1.25x,
 # the median of 5 rounds still moved by about 6%, more than the margins being judged.
 #
 # Settings (environment): DURATION=5s ROUNDS=10 WARMUP=2s (0 = none) THREADS=2 CONNECTIONS=64 WORKERS=2
@@ -342,21 +342,19 @@ target_note() {
 # says whether the verdict above is beyond this machine's noise or within it.
 ratio_interval() {
     python3 - "$1" "$2" <<'PY'
-import random, statistics, sys
+import random, sys
+from statistics import median_low  # the lower middle, as median() above
 a = [float(x) for x in sys.argv[1].split()]
 b = [float(x) for x in sys.argv[2].split()]
 n = min(len(a), len(b))
 if n < 3:
     print("rps ratio interval: needs at least 3 rounds")
     sys.exit(0)
-def low_median(v):
-    v = sorted(v)
-    return v[(len(v) + 1) // 2 - 1]
 rng = random.Random(20261206)
 ratios = []
 for _ in range(4000):
     pick = [rng.randrange(n) for _ in range(n)]
-    ratios.append(low_median([a[i] for i in pick]) / low_median([b[i] for i in pick]))
+    ratios.append(median_low([a[i] for i in pick]) / median_low([b[i] for i in pick]))
 ratios.sort()
 lo, hi = ratios[int(0.05 * len(ratios))], ratios[int(0.95 * len(ratios)) - 1]
 where = "above 1.00x: beyond this run's noise" if lo >= 1 else (
